@@ -1,0 +1,25 @@
+# cinderseg: map volcanic cinder cones in DEMs with a transfer-learned U-Net.
+# Run with `make run` (or `snakemake --cores all`); see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/dem.smk"
+include: "rules/mask.smk"
+include: "rules/features.smk"
+include: "rules/tiles.smk"
+
+
+wildcard_constraints:
+    region=alternation(REGIONS),
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs,

@@ -1,0 +1,1 @@
+"""Benchmarks of cinderseg (``make bench``); never run by ``make test``."""

@@ -1,0 +1,212 @@
+"""Configuration: JSON-schema validation with defaults, and the checks a schema cannot express.
+
+Every error is a :class:`~cinderseg.errors.ConfigError` whose message is one line naming the
+config file and the key, for example
+``config.yaml: tiling.size: 200 is not a multiple of 32``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cinderseg.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+REGION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+ROLES_WITH_LABELS = ("train", "test")
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file with the safe loader; a missing or malformed file is a ConfigError."""
+    p = Path(path)
+    try:
+        with p.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{p}: file not found") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}") from err
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The config JSON schema as a dict."""
+    schema = load_yaml(path)
+    if not isinstance(schema, dict):
+        raise ConfigError(f"{path}: schema is not a mapping")
+    return schema
+
+
+def _with_defaults(validator_class: type[jsonschema.protocols.Validator]) -> Any:
+    """Extend a validator class so that validation fills in ``default`` values (objects only)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One human line for a schema violation, naming the key."""
+    key = _key_path(error)
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = f"{key}: " if error.absolute_path else ""
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"{where}unknown key {', '.join(map(repr, extra))} (allowed: {allowed})"
+    if "propertyNames" in error.schema_path:
+        return (
+            f"{key}: region name {error.instance!r} may contain only letters, digits, '-' and '_' "
+            "(it becomes part of file paths)"
+        )
+    if v == "required":
+        return f"{key}: {error.message}"
+    if v == "type":
+        return f"{key}: {error.instance!r} is not of type {error.validator_value}"
+    if v == "enum":
+        options = ", ".join(map(str, error.validator_value))
+        return f"{key}: {error.instance!r} is not one of: {options}"
+    if v == "multipleOf":
+        return f"{key}: {error.instance!r} is not a multiple of {error.validator_value}"
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return f"{key}: {error.instance!r} must be {op} {error.validator_value}"
+    if v == "anyOf":
+        return f"{key}: {error.instance!r} must be a path or a list of paths"
+    return f"{key}: {error.message}"
+
+
+def _best_error(errors: list[jsonschema.ValidationError]) -> jsonschema.ValidationError:
+    return min(errors, key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
+
+
+def validate_config(
+    config: Mapping[str, Any], *, source: str = "config", schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validate ``config`` against the schema, fill defaults and run the cross-key checks.
+
+    Returns a new dict with defaults filled in; ``config`` itself is not modified.
+    ``source`` names the config file in error messages.
+    """
+    cfg: dict[str, Any] = copy.deepcopy(dict(config)) if config else {}
+    schema = dict(schema) if schema is not None else load_schema()
+    regions = cfg.get("regions")
+    if isinstance(regions, dict):
+        for region in regions.values():
+            # Synthetic regions always get a `synthetic` block, so its defaults are filled in.
+            if isinstance(region, dict) and region.get("source") == "synthetic":
+                region.setdefault("synthetic", {})
+    errors = list(_DefaultingValidator(schema).iter_errors(cfg))
+    if errors:
+        raise ConfigError(f"{source}: {_describe(_best_error(errors))}")
+    try:
+        check_consistency(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    return cfg
+
+
+def check_consistency(cfg: Mapping[str, Any]) -> None:
+    """Checks across keys that JSON schema cannot express; raises ConfigError naming the key."""
+    tiling = cfg["tiling"]
+    if tiling["step"] > tiling["size"]:
+        raise ConfigError(
+            f"tiling.step: {tiling['step']} is larger than tiling.size ({tiling['size']}); "
+            "tiles would leave gaps"
+        )
+    if tiling["split_block_px"] < tiling["size"]:
+        raise ConfigError(
+            f"tiling.split_block_px: {tiling['split_block_px']} is smaller than "
+            f"tiling.size ({tiling['size']})"
+        )
+    for name, region in cfg["regions"].items():
+        key = f"regions.{name}"
+        if region["source"] == "file" and "dem" not in region:
+            raise ConfigError(f"{key}.dem: required for source 'file' (a DEM path or a list of paths)")
+        if region["source"] == "synthetic" and "dem" in region:
+            raise ConfigError(f"{key}.dem: not used with source 'synthetic'; remove it or use source 'file'")
+        if region["source"] != "synthetic" and "synthetic" in region:
+            raise ConfigError(f"{key}.synthetic: only allowed with source 'synthetic'")
+        if region["source"] == "synthetic":
+            for field in ("crs", "bbox", "nodata"):
+                if field in region:
+                    raise ConfigError(
+                        f"{key}.{field}: not used with source 'synthetic' (set synthetic.crs / size instead)"
+                    )
+        if region["role"] in ROLES_WITH_LABELS and "labels" not in region:
+            raise ConfigError(
+                f"{key}.labels: required for role '{region['role']}' (a vector file or 'synthetic')"
+            )
+        if region.get("labels") == "synthetic" and region["source"] != "synthetic":
+            raise ConfigError(f"{key}.labels: 'synthetic' labels need source 'synthetic'")
+        bbox = region.get("bbox")
+        if bbox is not None:
+            west, south, east, north = bbox
+            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+                raise ConfigError(
+                    f"{key}.bbox: {bbox} is not [west, south, east, north] in degrees "
+                    "with west < east, south < north"
+                )
+        syn = region.get("synthetic", {})
+        if syn.get("diameter_min_m", 0) > syn.get("diameter_max_m", float("inf")):
+            raise ConfigError(
+                f"{key}.synthetic.diameter_min_m: {syn['diameter_min_m']} is larger than "
+                f"diameter_max_m ({syn['diameter_max_m']})"
+            )
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a config file."""
+    return validate_config(load_yaml(path) or {}, source=str(path))
+
+
+def region_names(cfg: Mapping[str, Any], *, source: str | None = None, role: str | None = None) -> list[str]:
+    """Names of the configured regions, optionally only those of one source or role, in config order."""
+    return [
+        name
+        for name, region in cfg["regions"].items()
+        if (source is None or region["source"] == source) and (role is None or region["role"] == role)
+    ]
+
+
+def labelled_regions(cfg: Mapping[str, Any]) -> list[str]:
+    """Regions with labels (role train or test), in config order."""
+    return [name for name, region in cfg["regions"].items() if region["role"] in ROLES_WITH_LABELS]
+
+
+def check_input_files(cfg: Mapping[str, Any], *, source: str = "config", base: str | Path = ".") -> None:
+    """Fail early, with one line naming the region and file, when a configured input file is missing.
+
+    Paths are relative to ``base`` (the workflow's working directory).
+    """
+    for name, region in cfg["regions"].items():
+        dem = region.get("dem")
+        for i, path in enumerate([dem] if isinstance(dem, str) else (dem or [])):
+            key = f"regions.{name}.dem" + (f"[{i}]" if not isinstance(dem, str) else "")
+            if not (Path(base) / path).is_file():
+                raise ConfigError(f"{source}: {key}: DEM file not found: {path}")
+        labels = region.get("labels")
+        if labels and labels != "synthetic" and not (Path(base) / labels).exists():
+            raise ConfigError(f"{source}: regions.{name}.labels: labels file not found: {labels}")

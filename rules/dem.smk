@@ -1,0 +1,49 @@
+# The dem step: one metric, gap-filled elevation grid per region.
+
+
+rule synthetic_dem:
+    """Generate a synthetic shield-flank DEM with a cinder-cone field and its true cones."""
+    output:
+        dem="results/dem/{region}.tif",
+        cones="results/synthetic/{region}_cones.gpkg",
+    log:
+        "results/logs/dem/{region}.log",
+    benchmark:
+        "results/benchmarks/dem/{region}.tsv"
+    wildcard_constraints:
+        region=alternation(SYNTHETIC),
+    conda:
+        "../envs/gis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        region=region_settings,
+    script:
+        "../scripts/synthetic_dem.py"
+
+
+rule dem:
+    """Mosaic, clip and reproject the region's DEM file(s) to its metric grid; fill small voids."""
+    input:
+        dem=dem_sources,
+    output:
+        dem="results/dem/{region}.tif",
+    log:
+        "results/logs/dem/{region}.log",
+    benchmark:
+        "results/benchmarks/dem/{region}.tsv"
+    wildcard_constraints:
+        region=alternation(FILE_BASED),
+    conda:
+        "../envs/gis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        region=region_settings,
+        dem=config["dem"],
+    script:
+        "../scripts/dem.py"
