@@ -1,7 +1,9 @@
 """Peak memory and time of the GIS steps (dem, mask, features, tiles) on a large DEM.
 
-Each step runs in its own process on the same inputs; its peak resident set size (RSS) is read from
-the kernel (``wait4``'s ``ru_maxrss``), so the figure covers everything the step allocated. The
+Each step runs in its own process on the same inputs, through ``cinderseg.step.run_step`` as the
+workflow runs it; its peak resident set size (RSS) is the kernel's high-water mark of that process
+(``VmHWM``, which an ``exec`` resets, unlike ``ru_maxrss``), so it covers everything the step
+allocated, GDAL's block cache included. The
 source is SRTM-like (EPSG:4326, int16, voids -32768), so the dem step really reprojects. The result
 is compared with the size of the DEM held in memory as float32 (the tutorial's approach holds the
 whole island, its channels and all its tiles in memory at once).
@@ -32,35 +34,49 @@ RESULTS = HERE / "results.json"
 WORK = HERE / "work"
 LIMIT_MB = 2048
 
-STEPS: dict[str, str] = {
+# Each step as (module, function, arguments); the arguments may use the module's public names;
+# {work} is the benchmark's scratch folder.
+STEPS: dict[str, tuple[str, str, str]] = {
     "dem": (
-        "from cinderseg.dem import prepare_dem; "
-        "prepare_dem(['{work}/source.tif'], '{work}/dem.tif', resolution_m=30.0, nodata=-32768, "
-        "region='bench')"
+        "cinderseg.dem",
+        "prepare_dem",
+        "['{work}/source.tif'], '{work}/dem.tif', resolution_m=30.0, nodata=-32768, region='bench'",
     ),
     "mask": (
-        "from cinderseg.mask import rasterize_labels; "
-        "rasterize_labels('{work}/cones.gpkg', '{work}/dem.tif', '{work}/mask.tif', region='bench')"
+        "cinderseg.mask",
+        "rasterize_labels",
+        "'{work}/cones.gpkg', '{work}/dem.tif', '{work}/mask.tif'",
     ),
     "features": (
-        "from cinderseg.features import FeatureSettings, compute_features; "
-        "compute_features('{work}/dem.tif', '{work}/features.tif', FeatureSettings.from_config({{}}), "
-        "region='bench')"
+        "cinderseg.features",
+        "compute_features",
+        "'{work}/dem.tif', '{work}/features.tif', FeatureSettings()",
     ),
     "tiles": (
-        "from cinderseg.tiles import TilingSettings, make_tiles; "
-        "make_tiles('{work}/features.tif', '{work}/mask.tif', '{work}/tiles.npz', '{work}/tiles.csv', "
-        "TilingSettings.from_config({{}}), role='train', region='bench')"
+        "cinderseg.tiles",
+        "make_tiles",
+        "'{work}/features.tif', '{work}/mask.tif', '{work}/tiles.npz', '{work}/tiles.csv', "
+        "TilingSettings(), role='train'",
     ),
 }
 
 
-def write_source_dem(path: Path, size_px: int, seed: int = 0) -> tuple[float, float, float, float]:
+def step_code(step: str, work: Path) -> str:
+    """Python source that runs one step the way the workflow's script does (through run_step)."""
+    module, function, arguments = STEPS[step]
+    return (
+        f"from {module} import *\nfrom cinderseg.step import run_step\n"
+        f"run_step(None, {function}, {arguments.format(work=work)})\n"
+    )
+
+
+def write_source_dem(path: Path | str, size_px: int, seed: int = 0) -> tuple[float, float, float, float]:
     """An SRTM-like DEM of ``size_px`` squared at 1 arc-second near Hawaii, written block by block.
 
     Terrain: a regional slope, long-wave undulation and Gaussian cones, int16 metres, a few voids.
     Returns its bounds (west, south, east, north) in degrees.
     """
+    path = Path(path)
     step = 1.0 / 3600.0
     west, north = -156.0, 20.5
     transform = from_origin(west, north, step, step)
@@ -106,15 +122,23 @@ def write_source_dem(path: Path, size_px: int, seed: int = 0) -> tuple[float, fl
     return west, north - size_px * step, west + size_px * step, north
 
 
+PEAK_RSS = (
+    "\nfrom pathlib import Path\n"
+    "hwm = [l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM')]\n"
+    "print('PEAK_KB', hwm[0].split()[1])\n"
+)
+
+
 def run_step(code: str) -> tuple[float, float]:
     """Run one step in a fresh interpreter; return (wall seconds, peak RSS in MiB)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=HERE.parent)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run(
+        [sys.executable, "-c", code + PEAK_RSS], cwd=HERE.parent, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise SystemExit(f"bench: step failed with exit code {proc.returncode}: {code}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024.0
+        raise SystemExit(f"bench: step failed ({proc.returncode}): {code}\n{proc.stderr[-2000:]}")
+    peak_kb = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return time.perf_counter() - started, peak_kb / 1024.0
 
 
 def machine_facts() -> dict[str, Any]:
@@ -135,17 +159,18 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def bench_gis_memory(size_px: int) -> dict[str, Any]:
+def bench_gis_memory(size_px: int, work_root: Path = WORK) -> dict[str, Any]:
     """Peak RSS and wall time of each GIS step on a ``size_px`` x ``size_px`` source DEM."""
-    work = WORK / f"gis_{size_px}"
+    work = work_root / f"gis_{size_px}"
     work.mkdir(parents=True, exist_ok=True)
     source = work / "source.tif"
-    if not source.exists():
-        write_source_dem(source, size_px)
+    if not source.exists():  # in its own process, so that this one stays small
+        code = f"from bench.gis_memory import write_source_dem; write_source_dem({str(source)!r}, {size_px})"
+        subprocess.run([sys.executable, "-c", code], cwd=HERE.parent, check=True)
     _, baseline_mb = run_step("import cinderseg.dem, cinderseg.features, cinderseg.tiles, cinderseg.mask")
     rows = []
-    for step, template in STEPS.items():
-        seconds, peak_mb = run_step(template.format(work=work))
+    for step in STEPS:
+        seconds, peak_mb = run_step(step_code(step, work))
         rows.append({"step": step, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb, 1)})
     with rasterio.open(work / "dem.tif") as dem:
         shape = dem.shape
@@ -165,9 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="cinderseg benchmarks")
     parser.add_argument("--quick", action="store_true", help="small variant (2000 px) for a smoke test")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (inputs are reused)")
     args = parser.parse_args(argv)
     size = 2000 if args.quick else 10000
-    result = bench_gis_memory(size)
+    result = bench_gis_memory(size, args.work)
     result["machine"] = machine_facts()
     result["date"] = time.strftime("%Y-%m-%d")
     print(
