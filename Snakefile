@@ -9,10 +9,12 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/download.smk"
 include: "rules/dem.smk"
 include: "rules/mask.smk"
 include: "rules/features.smk"
 include: "rules/tiles.smk"
+include: "rules/train.smk"
 
 
 wildcard_constraints:

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cinderseg.download import tiles_for_bbox
 from cinderseg.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -113,14 +114,23 @@ def validate_config(
     cfg: dict[str, Any] = copy.deepcopy(dict(config)) if config else {}
     schema = dict(schema) if schema is not None else load_schema()
     regions = cfg.get("regions")
+    explicit_product: set[str] = set()
     if isinstance(regions, dict):
-        for region in regions.values():
+        for name, region in regions.items():
             # Synthetic regions always get a `synthetic` block, so its defaults are filled in.
             if isinstance(region, dict) and region.get("source") == "synthetic":
                 region.setdefault("synthetic", {})
+            if isinstance(region, dict) and "product" in region:
+                explicit_product.add(name)
+                if type(region["product"]) is int and region["product"] == 1:  # YAML `product: 1`
+                    region["product"] = "1"
     errors = list(_DefaultingValidator(schema).iter_errors(cfg))
     if errors:
         raise ConfigError(f"{source}: {_describe(_best_error(errors))}")
+    for name, region in cfg["regions"].items():
+        # `product` is a usgs3dep setting: its default stays off other regions (and out of their params).
+        if region["source"] != "usgs3dep" and name not in explicit_product:
+            region.pop("product", None)
     try:
         check_consistency(cfg)
     except ConfigError as err:
@@ -155,6 +165,18 @@ def check_consistency(cfg: Mapping[str, Any]) -> None:
                     raise ConfigError(
                         f"{key}.{field}: not used with source 'synthetic' (set synthetic.crs / size instead)"
                     )
+        if region["source"] != "usgs3dep" and "product" in region:
+            raise ConfigError(f"{key}.product: only used with source 'usgs3dep'")
+        if region["source"] == "usgs3dep" and "dem" in region:
+            raise ConfigError(
+                f"{key}.dem: not used with source 'usgs3dep' (the tiles covering bbox are downloaded); "
+                "remove it, or use source 'file' for your own files"
+            )
+        if region["source"] == "usgs3dep" and "bbox" not in region:
+            raise ConfigError(
+                f"{key}.bbox: required for source 'usgs3dep' ([west, south, east, north] in degrees; "
+                "it chooses the tiles to download)"
+            )
         if region["role"] in ROLES_WITH_LABELS and "labels" not in region:
             raise ConfigError(
                 f"{key}.labels: required for role '{region['role']}' (a vector file or 'synthetic')"
@@ -168,6 +190,13 @@ def check_consistency(cfg: Mapping[str, Any]) -> None:
                 raise ConfigError(
                     f"{key}.bbox: {bbox} is not [west, south, east, north] in degrees "
                     "with west < east, south < north"
+                )
+            max_tiles = cfg.get("download", {}).get("max_tiles", 16)
+            n_tiles = len(tiles_for_bbox(bbox)) if region["source"] == "usgs3dep" else 0
+            if n_tiles > max_tiles:
+                raise ConfigError(
+                    f"{key}.bbox: {bbox} needs {n_tiles} tiles of 1 x 1 degree, more than "
+                    f"download.max_tiles ({max_tiles}); check the bbox, or raise download.max_tiles"
                 )
         syn = region.get("synthetic", {})
         if syn.get("diameter_min_m", 0) > syn.get("diameter_max_m", float("inf")):

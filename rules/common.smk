@@ -7,6 +7,7 @@ from cinderseg.config import (
     region_names,
     validate_config,
 )
+from cinderseg.download import tile_paths
 from cinderseg.errors import ConfigError
 
 
@@ -26,6 +27,12 @@ REGIONS = list(config["regions"])
 LABELLED = labelled_regions(config)
 SYNTHETIC = region_names(config, source="synthetic")
 FILE_BASED = region_names(config, source="file")
+USGS3DEP = region_names(config, source="usgs3dep")
+TRAINING = region_names(config, role="train")
+MODEL = config["model"]["name"]
+# TensorFlow threads of the train step: all cores given to Snakemake, at most 16.
+TRAIN_THREADS = max(1, min(workflow.cores or 8, 16))
+MODEL_FILES = ["model.keras", "history.csv", "training_curves.png", "model_card.json"]
 
 
 def alternation(names):
@@ -39,8 +46,13 @@ def region_settings(wildcards):
 
 
 def dem_sources(wildcards):
-    """The DEM file(s) of a 'file' region, as configured (one path or a list)."""
-    dem = config["regions"][wildcards.region]["dem"]
+    """The DEM file(s) of a 'file' region, as configured (one path or a list); for a 'usgs3dep'
+    region the cached 3DEP tiles covering its bbox (names computed from the bbox, no network).
+    """
+    region = config["regions"][wildcards.region]
+    if region["source"] == "usgs3dep":
+        return tile_paths(region["bbox"], region["product"])
+    dem = region["dem"]
     return [dem] if isinstance(dem, str) else list(dem)
 
 
@@ -52,10 +64,30 @@ def labels_file(wildcards):
     return labels
 
 
+def training_tiles(wildcards):
+    """Tiles (.npz) of all regions with role 'train', in config order: the train step's input."""
+    return expand("results/tiles/{region}.npz", region=TRAINING)
+
+
+def training_manifests(wildcards):
+    """Tile manifests (.csv) of all regions with role 'train', in the order of training_tiles."""
+    return expand("results/tiles/{region}.csv", region=TRAINING)
+
+
+def train_runtime(wildcards):
+    """Runtime in minutes of the train step: the time budget plus a margin, else a day."""
+    budget = config["train"]["max_minutes"]
+    return int(budget * 1.25) + 30 if budget else 24 * 60
+
+
 def all_outputs(wildcards):
     """Targets of the default target (all): every region's DEM and features, masks and tiles of labelled regions."""
     targets = expand("results/features/{region}.tif", region=REGIONS)
     targets += expand("results/masks/{region}.tif", region=LABELLED)
     targets += expand("results/tiles/{region}.npz", region=LABELLED)
     targets += expand("results/overview/{region}.png", region=LABELLED)
+    if TRAINING:
+        targets += expand(
+            "results/models/{model}/{file}", model=MODEL, file=MODEL_FILES
+        )
     return targets

@@ -25,7 +25,7 @@ rule synthetic_dem:
 
 
 rule dem:
-    """Mosaic, clip and reproject the region's DEM file(s) to its metric grid; fill small voids."""
+    """Mosaic, clip and reproject the region's DEM file(s) or 3DEP tiles to its metric grid; fill small voids."""
     input:
         dem=dem_sources,
     output:
@@ -35,7 +35,7 @@ rule dem:
     benchmark:
         "results/benchmarks/dem/{region}.tsv"
     wildcard_constraints:
-        region=alternation(FILE_BASED),
+        region=alternation(FILE_BASED + USGS3DEP),
     conda:
         "../envs/gis.yaml"
     threads: 1

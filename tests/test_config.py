@@ -38,7 +38,9 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
     assert region["synthetic"]["height_ratio"] == pytest.approx(0.18)
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "config/tiny.yaml", "config/local_files.yaml"])
+@pytest.mark.parametrize(
+    "path", ["config.yaml", "config/tiny.yaml", "config/local_files.yaml", "config/hawaii.yaml"]
+)
 def test_shipped_configs_are_valid(path: str) -> None:
     cfg = load_config(REPO / path)
     assert cfg["regions"]

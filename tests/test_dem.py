@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +335,31 @@ def test_two_srtm_tiles_mosaic(tmp_path: Path) -> None:
     steps = np.diff(data[data.shape[0] // 2])
     assert np.all(np.abs(steps - steps.mean()) < 0.1)
     assert steps.mean() == pytest.approx(90.0 / (3 / 3600 * 111320 * math.cos(math.radians(19.65))), rel=0.05)
+
+
+def test_zipped_srtm_hgt_sources(tmp_path: Path) -> None:
+    # SRTM tiles as distributed (N19W156.SRTMGL1.hgt.zip): GDAL reads them zipped; voids -32768 stay nodata
+    rows, cols = np.mgrid[0:1201, 0:1201]
+    zips = []
+    for name, col0 in [("N19W156", 0), ("N19W155", 1200)]:
+        z = (1000 + rows + cols + col0).astype(">i2")
+        z[300:400, 1100:1201] = -32768  # a large void near lon -155.1, lat 19.7
+        (tmp_path / f"{name}.hgt").write_bytes(z.tobytes())
+        zips.append(tmp_path / f"{name}.SRTMGL1.hgt.zip")
+        with zipfile.ZipFile(zips[-1], "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.write(tmp_path / f"{name}.hgt", arcname=f"{name}.hgt")
+        (tmp_path / f"{name}.hgt").unlink()
+    out = tmp_path / "o.tif"
+    prepare_dem(zips, out, resolution_m=90.0, bbox_lonlat=[-155.2, 19.6, -154.9, 19.8], region="zipped")
+    data, prof = read(out)
+    assert prof["crs"].to_epsg() == 32605
+    with rasterio.open(out) as ds:
+        x, y = rasterio.warp.transform("EPSG:4326", ds.crs, [-155.05, -154.95], [19.7, 19.65])
+        r0, c0 = ds.index(x[0], y[0])
+        r1, c1 = ds.index(x[1], y[1])
+    assert data[r0, c0] == NODATA_FLOAT  # inside the void of N19W156
+    expected = 1000 + (20 - 19.65) * 1200 + (-154.95 + 156) * 1200  # in N19W155, east of the seam
+    assert abs(data[r1, c1] - expected) < 5.0
 
 
 # --- bbox ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import rasterio
 import yaml
 
+from cinderseg.model import load_model
 from cinderseg.tiles import load_tiles
 from tests.workflow_helpers import REPO, planned_jobs, snakemake, write_config
 
@@ -56,6 +58,17 @@ def test_outputs_share_one_grid_and_tiles_match_manifest(tiny_run: Path) -> None
         assert (tiny_run / "results" / "benchmarks" / "tiles" / f"{region}.tsv").exists()
 
 
+def test_the_model_is_trained_on_the_training_regions(tiny_run: Path) -> None:
+    models = tiny_run / "results" / "models" / TINY["model"].get("name", "unet")
+    card = json.loads((models / "model_card.json").read_text())
+    assert card["encoder"] == "unet_small" and card["training_regions"] == ["tiny_train"]
+    assert card["epochs_run"] == len(pd.read_csv(models / "history.csv")) == TINY["train"]["epochs"]
+    assert (models / "training_curves.png").stat().st_size > 10_000
+    assert load_model(models / "model.keras").output_shape == (None, 128, 128, 1)
+    assert (tiny_run / "results" / "logs" / "train" / f"{models.name}.log").exists()
+    assert not models.with_name(f"{models.name}.state").exists()
+
+
 def test_nothing_reruns_when_nothing_changed(tiny_run: Path) -> None:
     assert planned_jobs(tiny_run, "tiny.yaml") == set()
 
@@ -66,6 +79,7 @@ def test_changing_one_region_reruns_only_that_region(tiny_run: Path) -> None:
     jobs = planned_jobs(tiny_run, write_config(tiny_run, "one_region.yaml", cfg))
     assert {region for _, region in jobs} - {""} == {"tiny_test"}
     assert {rule for rule, _ in jobs} >= STEPS
+    assert "train" not in {rule for rule, _ in jobs}, "a test region does not feed training"
 
 
 def test_changing_tiling_reruns_tiles_not_dem_mask_features(tiny_run: Path) -> None:
@@ -73,7 +87,7 @@ def test_changing_tiling_reruns_tiles_not_dem_mask_features(tiny_run: Path) -> N
     cfg["tiling"]["step"] = 96
     jobs = planned_jobs(tiny_run, write_config(tiny_run, "tiling.yaml", cfg))
     rules = {rule for rule, _ in jobs}
-    assert "tiles" in rules
+    assert {"tiles", "train"} <= rules
     assert rules.isdisjoint({"synthetic_dem", "mask", "features"})
     assert {region for rule, region in jobs if rule == "tiles"} == set(TINY["regions"])
 

@@ -138,7 +138,13 @@ def test_srtm_like_files_with_voids_and_lonlat_labels_just_work(tmp_path: Path) 
         "labels": str(paths["labels"].relative_to(tmp_path)),
         "resolution_m": 30,
     }
-    cfg = {"regions": {"srtm": region}, "tiling": {"size": 128, "step": 64, "split_block_px": 128}}
+    cfg = {
+        "regions": {"srtm": region},
+        "tiling": {"size": 128, "step": 64, "split_block_px": 128},
+        # the default run trains a model too: a tiny one here
+        "model": {"encoder": "unet_small", "base_filters": 8},
+        "train": {"epochs": 1, "batch_size": 4},
+    }
     snakemake(tmp_path, "--configfile", write_config(tmp_path, "c.yaml", cfg))
     with rasterio.open(tmp_path / "results" / "dem" / "srtm.tif") as dem:
         assert dem.crs.to_epsg() == 32605
