@@ -60,6 +60,7 @@ from rasterio.windows import Window
 
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.raster import NODATA_FLOAT, atomic_write, geotiff_profile, iter_windows, open_raster
+from cinderseg.settings import known_keys_only
 
 CHANNELS: tuple[str, ...] = (
     "elevation",
@@ -91,7 +92,7 @@ CLAHE_NBINS = 256
 class FeatureSettings:
     """Settings of the features step; one field per key of the schema's ``features`` section."""
 
-    channels: tuple[str, ...] = ("elevation", "sobel", "clahe")
+    channels: tuple[str, ...] = ("local_relief", "slope", "hillshade")
     block_px: int = 1024
     clahe_kernel_px: int = 64
     clahe_clip_limit: float = 0.01
@@ -125,11 +126,7 @@ class FeatureSettings:
     @classmethod
     def from_config(cls, features: Mapping[str, Any] | None) -> FeatureSettings:
         """Settings from the config's ``features`` section (missing keys take the defaults)."""
-        features = dict(features or {})
-        known = {f.name for f in fields(cls)}
-        for key in features:
-            if key not in known:
-                raise ConfigError(f"features.{key}: unknown key; known keys are {', '.join(sorted(known))}")
+        features = known_keys_only("features", features, (f.name for f in fields(cls)))
         if "channels" in features and isinstance(features["channels"], list):
             features["channels"] = tuple(features["channels"])
         return cls(**features)

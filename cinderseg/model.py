@@ -49,7 +49,6 @@ being the layers between two consecutive skips). Frozen batch-norm layers run in
 from __future__ import annotations
 
 import functools
-import math
 import re
 import socket
 import warnings
@@ -65,6 +64,7 @@ from keras import layers, ops
 
 import cinderseg.losses  # noqa: F401  (registers the losses so that compiled models load)
 from cinderseg.errors import ConfigError, InputError
+from cinderseg.settings import is_int, is_number, known_keys_only
 
 ENCODERS: tuple[str, ...] = (
     "hed_vgg16",
@@ -131,7 +131,7 @@ class ModelSettings:
     """The config's ``model`` section (see schemas/config.schema.yaml for the meaning of each key)."""
 
     name: str = "unet"
-    encoder: str = "hed_vgg16"
+    encoder: str = "unet_small"
     encoder_weights: str = "pretrained"
     decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16)
     base_filters: int = 16
@@ -152,40 +152,27 @@ class ModelSettings:
         if isinstance(filters, (str, bytes)) or not isinstance(filters, (list, tuple)):
             raise ConfigError(f"model.decoder_filters: expected a list of 5 integers, got {filters!r}")
         object.__setattr__(self, "decoder_filters", tuple(filters))
-        if len(self.decoder_filters) != 5 or not all(_is_int(f) and f >= 1 for f in self.decoder_filters):
+        if len(self.decoder_filters) != 5 or not all(is_int(f) and f >= 1 for f in self.decoder_filters):
             raise ConfigError(
                 f"model.decoder_filters: expected a list of 5 integers >= 1, got {list(self.decoder_filters)}"
             )
-        if not _is_int(self.base_filters) or self.base_filters < 1:
+        if not is_int(self.base_filters) or self.base_filters < 1:
             raise ConfigError(f"model.base_filters: expected an integer >= 1, got {self.base_filters!r}")
         for key in ("dropout", "batchnorm_momentum"):
             value = getattr(self, key)
-            if not _is_number(value) or not 0 <= value < 1:
+            if not is_number(value) or not 0 <= value < 1:
                 raise ConfigError(f"model.{key}: expected a number >= 0 and < 1, got {value!r}")
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any] | None) -> ModelSettings:
         """Settings from the config's ``model`` section (missing keys take the defaults)."""
-        model = dict(model or {})
-        known = {f.name for f in fields(cls)}
-        for key in model:
-            if key not in known:
-                raise ConfigError(f"model.{key}: unknown key; known keys are {', '.join(sorted(known))}")
-        return cls(**model)
+        return cls(**known_keys_only("model", model, (f.name for f in fields(cls))))
 
     @property
     def weights_keyword(self) -> str | None:
         """'pretrained', 'imagenet' or 'none' (case-insensitive), or None for a weights file path."""
         value = self.encoder_weights.strip().lower()
         return value if value in WEIGHT_KEYWORDS else None
-
-
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------- custom layers
@@ -226,7 +213,7 @@ class EncoderPreprocess(keras.layers.Layer):
 
 
 def _check_inputs(settings: ModelSettings, tile_size: int, n_channels: int) -> None:
-    if not _is_int(tile_size) or tile_size < DOWNSAMPLING or tile_size % DOWNSAMPLING:
+    if not is_int(tile_size) or tile_size < DOWNSAMPLING or tile_size % DOWNSAMPLING:
         raise ConfigError(
             f"tiling.size: {tile_size!r} is not a multiple of {DOWNSAMPLING} "
             "(the U-Net halves the tile 5 times)"
@@ -237,7 +224,7 @@ def _check_inputs(settings: ModelSettings, tile_size: int, n_channels: int) -> N
             f"tiling.size: {tile_size} is too small for encoder {settings.encoder} "
             f"(needs at least {spec.min_tile} px)"
         )
-    if not _is_int(n_channels) or n_channels < 1:
+    if not is_int(n_channels) or n_channels < 1:
         raise ConfigError(f"features.channels: the model needs at least one channel, got {n_channels!r}")
 
 
@@ -623,7 +610,7 @@ def set_encoder_trainable(model: keras.Model, mode: str, top_blocks: int = 2) ->
     if mode == "all":
         keep = {id(layer) for layer in encoder.layers}
     elif mode == "top":
-        if not _is_int(top_blocks) or top_blocks < 1:
+        if not is_int(top_blocks) or top_blocks < 1:
             raise ConfigError(f"train.fine_tune_blocks: expected an integer >= 1, got {top_blocks!r}")
         keep = {id(layer) for block in encoder_blocks(model)[-top_blocks:] for layer in block}
     for layer in encoder.layers:  # set explicitly: the container's setter does not reach every layer

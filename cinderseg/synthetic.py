@@ -49,6 +49,7 @@ from shapely.geometry import Point
 
 from cinderseg.errors import ConfigError
 from cinderseg.raster import NODATA_FLOAT, atomic_write, geotiff_profile
+from cinderseg.settings import known_keys_only
 
 __all__ = [
     "CONE_COLUMNS",
@@ -130,15 +131,8 @@ class SyntheticParams:
 
         Unknown keys, wrong types and impossible values raise :class:`ConfigError`.
         """
-        if synthetic is None:
-            synthetic = {}
-        if not isinstance(synthetic, Mapping):
-            raise ConfigError(f"synthetic must be a mapping of parameters, got {type(synthetic).__name__}")
-        known = [f.name for f in dataclasses.fields(cls) if f.name != "resolution_m"]
-        for key in synthetic:
-            if key not in known:
-                raise ConfigError(f"synthetic.{key}: unknown key (known keys: {', '.join(known)})")
-        return cls(**{str(k): v for k, v in synthetic.items()}, resolution_m=resolution_m)
+        known = (f.name for f in dataclasses.fields(cls) if f.name != "resolution_m")
+        return cls(**known_keys_only("synthetic", synthetic, known), resolution_m=resolution_m)
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:

@@ -43,6 +43,7 @@ from rasterio.windows import Window
 
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.raster import MASK_NODATA, NODATA_FLOAT, atomic_write, open_raster
+from cinderseg.settings import is_int, is_number, known_keys_only
 
 log = logging.getLogger("cinderseg")
 
@@ -79,45 +80,32 @@ class TilingSettings:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if not _is_int(self.size) or self.size < 32 or self.size % 32:
+        if not is_int(self.size) or self.size < 32 or self.size % 32:
             raise ConfigError(f"tiling.size: expected a positive multiple of 32, got {self.size!r}")
-        if not _is_int(self.step) or not 1 <= self.step <= self.size:
+        if not is_int(self.step) or not 1 <= self.step <= self.size:
             raise ConfigError(
                 f"tiling.step: expected an integer from 1 to tiling.size={self.size}, got {self.step!r}"
             )
-        if not _is_number(self.max_nodata_fraction) or not 0 <= self.max_nodata_fraction <= 1:
+        if not is_number(self.max_nodata_fraction) or not 0 <= self.max_nodata_fraction <= 1:
             raise ConfigError(
                 f"tiling.max_nodata_fraction: expected a number from 0 to 1, got {self.max_nodata_fraction!r}"
             )
-        if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
+        if not is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ConfigError(
                 f"tiling.val_fraction: expected a number >= 0 and < 1, got {self.val_fraction!r}"
             )
-        if not _is_int(self.split_block_px) or self.split_block_px < self.size:
+        if not is_int(self.split_block_px) or self.split_block_px < self.size:
             raise ConfigError(
                 f"tiling.split_block_px: expected an integer >= tiling.size={self.size}, "
                 f"got {self.split_block_px!r}"
             )
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ConfigError(f"tiling.seed: expected an integer, got {self.seed!r}")
 
     @classmethod
     def from_config(cls, tiling: Mapping[str, Any] | None) -> TilingSettings:
         """Settings from the config's ``tiling`` section (missing keys take the defaults)."""
-        tiling = dict(tiling or {})
-        known = {f.name for f in fields(cls)}
-        for key in tiling:
-            if key not in known:
-                raise ConfigError(f"tiling.{key}: unknown key; known keys are {', '.join(sorted(known))}")
-        return cls(**tiling)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+        return cls(**known_keys_only("tiling", tiling, (f.name for f in fields(cls))))
 
 
 # --------------------------------------------------------------------------- windows and split

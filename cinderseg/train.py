@@ -62,6 +62,7 @@ from cinderseg.errors import ConfigError, InputError
 from cinderseg.losses import iou_metric, make_loss, precision_metric, recall_metric
 from cinderseg.model import ModelSettings, build_unet, set_encoder_trainable
 from cinderseg.raster import atomic_write
+from cinderseg.settings import is_int, is_number, known_keys_only
 from cinderseg.tiles import load_tiles, read_manifest
 
 log = logging.getLogger("cinderseg")
@@ -111,63 +112,48 @@ class TrainSettings:
             if not ok:
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self, key)!r}")
 
-        need(_is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
-        need(_is_int(self.frozen_epochs) and self.frozen_epochs >= 0, "frozen_epochs", "an integer >= 0")
+        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
+        need(is_int(self.frozen_epochs) and self.frozen_epochs >= 0, "frozen_epochs", "an integer >= 0")
         need(self.fine_tune in FINE_TUNE_MODES, "fine_tune", "one of " + ", ".join(FINE_TUNE_MODES))
         need(
-            _is_int(self.fine_tune_blocks) and 1 <= self.fine_tune_blocks <= 5,
+            is_int(self.fine_tune_blocks) and 1 <= self.fine_tune_blocks <= 5,
             "fine_tune_blocks",
             "an integer from 1 to 5",
         )
-        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
-        need(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a number > 0")
         need(
-            _is_number(self.fine_tune_learning_rate) and self.fine_tune_learning_rate > 0,
+            is_number(self.fine_tune_learning_rate) and self.fine_tune_learning_rate > 0,
             "fine_tune_learning_rate",
             "a number > 0",
         )
         need(self.loss in LOSSES, "loss", "one of " + ", ".join(LOSSES))
         for key in ("tversky_alpha", "tversky_beta"):
             value = getattr(self, key)
-            need(_is_number(value) and 0 <= value <= 1, key, "a number from 0 to 1")
-        need(_is_number(self.focal_gamma) and self.focal_gamma > 0, "focal_gamma", "a number > 0")
+            need(is_number(value) and 0 <= value <= 1, key, "a number from 0 to 1")
+        need(is_number(self.focal_gamma) and self.focal_gamma > 0, "focal_gamma", "a number > 0")
         need(self.monitor in MONITOR_MODES, "monitor", "one of " + ", ".join(MONITOR_MODES))
         for key in ("early_stopping_patience", "reduce_lr_patience"):
-            need(_is_int(getattr(self, key)) and getattr(self, key) >= 1, key, "an integer >= 1")
+            need(is_int(getattr(self, key)) and getattr(self, key) >= 1, key, "an integer >= 1")
         need(
-            _is_number(self.reduce_lr_factor) and 0 < self.reduce_lr_factor < 1,
+            is_number(self.reduce_lr_factor) and 0 < self.reduce_lr_factor < 1,
             "reduce_lr_factor",
             "a number > 0 and < 1",
         )
         need(isinstance(self.augment, bool), "augment", "true or false")
         need(
-            _is_number(self.positive_oversampling) and self.positive_oversampling >= 1,
+            is_number(self.positive_oversampling) and self.positive_oversampling >= 1,
             "positive_oversampling",
             "a number >= 1",
         )
-        need(
-            _is_int(self.steps_per_epoch) and self.steps_per_epoch >= 0, "steps_per_epoch", "an integer >= 0"
-        )
-        need(_is_number(self.max_minutes) and self.max_minutes >= 0, "max_minutes", "a number >= 0")
-        need(_is_int(self.seed), "seed", "an integer")
+        need(is_int(self.steps_per_epoch) and self.steps_per_epoch >= 0, "steps_per_epoch", "an integer >= 0")
+        need(is_number(self.max_minutes) and self.max_minutes >= 0, "max_minutes", "a number >= 0")
+        need(is_int(self.seed), "seed", "an integer")
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any] | None) -> TrainSettings:
         """Settings from the config's ``train`` section (missing keys take the defaults)."""
-        train = dict(train or {})
-        known = {f.name for f in fields(cls)}
-        for key in train:
-            if key not in known:
-                raise ConfigError(f"train.{key}: unknown key; known keys are {', '.join(sorted(known))}")
-        return cls(**train)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+        return cls(**known_keys_only("train", train, (f.name for f in fields(cls))))
 
 
 def monitor_mode(monitor: str) -> str:

@@ -32,7 +32,7 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
     cfg = validate_config(raw)
     assert raw == MINIMAL
     assert cfg["tiling"]["size"] == 224 and cfg["tiling"]["step"] == 112
-    assert cfg["features"]["channels"] == ["elevation", "sobel", "clahe"]
+    assert cfg["features"]["channels"] == ["local_relief", "slope", "hillshade"]
     region = cfg["regions"]["a"]
     assert region["resolution_m"] == 30 and region["radius_field"] == "radius_m"
     assert region["synthetic"]["height_ratio"] == pytest.approx(0.18)

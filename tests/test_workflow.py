@@ -42,12 +42,12 @@ def test_outputs_share_one_grid_and_tiles_match_manifest(tiny_run: Path) -> None
             assert dem.crs is not None and dem.crs.is_projected
             assert dem.transform == mask.transform == feat.transform
             assert dem.shape == mask.shape == feat.shape
-            assert feat.count == 3 and feat.descriptions == ("elevation", "sobel", "clahe")
+            assert feat.count == 3 and feat.descriptions == ("local_relief", "slope", "hillshade")
             cones = mask.read(1)
             assert 0.005 < (cones == 1).mean() < 0.5, "synthetic cones should cover part of the region"
         x, y, channels = load_tiles(tiny_run / "results" / "tiles" / f"{region}.npz")
         manifest = pd.read_csv(tiny_run / "results" / "tiles" / f"{region}.csv")
-        assert list(channels) == ["elevation", "sobel", "clahe"]
+        assert list(channels) == ["local_relief", "slope", "hillshade"]
         assert x.shape[0] == y.shape[0] == len(manifest) > 0
         assert x.shape[1:] == (128, 128, 3) and y.shape[1:] == (128, 128, 1)
         assert np.isfinite(np.asarray(x, dtype="float32")).all()

@@ -158,4 +158,4 @@ def test_srtm_like_files_with_voids_and_lonlat_labels_just_work(tmp_path: Path) 
     expected_px = float(np.sum(np.pi * labelled["radius_m"] ** 2)) / 30.0**2
     assert cones.sum() == pytest.approx(expected_px, rel=0.1)
     x, y, channels = load_tiles(tmp_path / "results" / "tiles" / "srtm.npz")
-    assert x.shape[0] > 0 and y.sum() > 0 and list(channels) == ["elevation", "sobel", "clahe"]
+    assert x.shape[0] > 0 and y.sum() > 0 and list(channels) == ["local_relief", "slope", "hillshade"]
