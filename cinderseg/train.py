@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib
 
@@ -647,34 +647,35 @@ def _prune_state_dir(state_dir: Path, keep: set[str]) -> None:
 # --------------------------------------------------------------------------- callbacks
 
 
-class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters can be restored after ``on_train_begin`` (resumed run)."""
+class _RestoresCounters:
+    """Mixin for Keras callbacks: restore counters that ``on_train_begin`` resets (resumed run).
+
+    ``COUNTERS`` maps the callback's attribute to its key in the saved state.
+    """
+
+    COUNTERS: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, *args: Any, resume: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resume = dict(resume or {})
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_begin(logs)
+        super().on_train_begin(logs)  # type: ignore[misc]
         if self._resume:
-            self.wait = int(self._resume["wait"])
-            self.best = self._resume["best"]
-            self.best_epoch = int(self._resume["best_epoch"])
+            for attribute, key in self.COUNTERS.items():
+                setattr(self, attribute, self._resume[key])
 
 
-class _ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters can be restored after ``on_train_begin`` (resumed run)."""
+class _ResumableEarlyStopping(_RestoresCounters, keras.callbacks.EarlyStopping):
+    """EarlyStopping whose wait, best value and best epoch survive a resume."""
 
-    def __init__(self, *args: Any, resume: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._resume = dict(resume or {})
+    COUNTERS: ClassVar[Mapping[str, str]] = {"wait": "wait", "best": "best", "best_epoch": "best_epoch"}
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_begin(logs)
-        if self._resume:
-            self.wait = int(self._resume["wait"])
-            self.best = self._resume["best"]
-            self.cooldown_counter = int(self._resume["cooldown"])
+
+class _ResumableReduceLROnPlateau(_RestoresCounters, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose wait, best value and cooldown survive a resume."""
+
+    COUNTERS: ClassVar[Mapping[str, str]] = {"wait": "wait", "best": "best", "cooldown_counter": "cooldown"}
 
 
 class TimeBudget(keras.callbacks.Callback):
