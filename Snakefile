@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/dem.smk"
@@ -15,6 +18,8 @@ include: "rules/mask.smk"
 include: "rules/features.smk"
 include: "rules/tiles.smk"
 include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/evaluate.smk"
 
 
 wildcard_constraints:

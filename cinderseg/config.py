@@ -8,6 +8,7 @@ config file and the key, for example
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -151,6 +152,15 @@ def check_consistency(cfg: Mapping[str, Any]) -> None:
             f"tiling.split_block_px: {tiling['split_block_px']} is smaller than "
             f"tiling.size ({tiling['size']})"
         )
+    predict = cfg.get("predict", {})
+    window, overlap, crop = (predict.get(k) for k in ("window_px", "overlap_px", "crop_px"))
+    if window is not None and overlap is not None and overlap >= window:
+        raise ConfigError(f"predict.overlap_px: {overlap} is not smaller than predict.window_px ({window})")
+    if overlap is not None and crop is not None and (2 * crop >= overlap if overlap else crop):
+        raise ConfigError(f"predict.crop_px: {crop} is not less than half of predict.overlap_px ({overlap})")
+    classes = cfg.get("evaluate", {}).get("diameter_classes_m", [])
+    if any(b <= a for a, b in itertools.pairwise(classes)):
+        raise ConfigError(f"evaluate.diameter_classes_m: {classes} must be increasing")
     for name, region in cfg["regions"].items():
         key = f"regions.{name}"
         if region["source"] == "file" and "dem" not in region:
@@ -239,3 +249,6 @@ def check_input_files(cfg: Mapping[str, Any], *, source: str = "config", base: s
         labels = region.get("labels")
         if labels and labels != "synthetic" and not (Path(base) / labels).exists():
             raise ConfigError(f"{source}: regions.{name}.labels: labels file not found: {labels}")
+    model = cfg.get("predict", {}).get("model")
+    if model and not (Path(base) / model).is_file():
+        raise ConfigError(f"{source}: predict.model: model file not found: {model}")

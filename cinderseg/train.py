@@ -945,6 +945,8 @@ def train_model(
     train_config: Mapping[str, Any] | None = None,
     regions: Sequence[str] | None = None,
     tile_size: int | None = None,
+    features_config: Mapping[str, Any] | None = None,
+    resolutions_m: Mapping[str, float] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     threads: int = 1,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -955,7 +957,10 @@ def train_model(
     ``history_path`` (CSV, one row per epoch), ``curves_path`` (PNG) and ``card_path`` (JSON model
     card). ``state_dir`` (default: ``<model dir>.state`` beside the model directory) holds the
     resumable state and is removed after success. ``threads`` is the number of CPU threads
-    TensorFlow may use. ``extra_callbacks`` run after the built-in ones (tests). Returns the card.
+    TensorFlow may use. ``extra_callbacks`` run after the built-in ones (tests). ``features_config``
+    (the features section the tiles were computed with) and ``resolutions_m`` (pixel size of each
+    training region) go into the card, so that the model can be applied to a new DEM the same way
+    (``python -m cinderseg predict``). Returns the card.
     """
     started = time.perf_counter()
     configure_threads(threads)
@@ -1108,6 +1113,8 @@ def train_model(
         "training_regions": summary["regions"],
         "tiles": {k: v for k, v in summary.items() if k != "regions"},
         "channels": list(data.channels),
+        "features": dict(features_config or {}),
+        "resolution_m": {str(k): float(v) for k, v in (resolutions_m or {}).items()},
         "tile_size": data.tile_size,
         "input_shape": [data.tile_size, data.tile_size, len(data.channels)],
         "parameters": int(final.count_params()),

@@ -1,5 +1,6 @@
 # Configuration, validated once at start-up, and the input functions of the rules.
 import sys
+from pathlib import Path
 
 from cinderseg.config import (
     check_input_files,
@@ -33,6 +34,19 @@ MODEL = config["model"]["name"]
 # TensorFlow threads of the train step: all cores given to Snakemake, at most 16.
 TRAIN_THREADS = max(1, min(workflow.cores or 8, 16))
 MODEL_FILES = ["model.keras", "history.csv", "training_curves.png", "model_card.json"]
+# The model the predict step applies: predict.model if set, else the one trained by this workflow.
+PREDICT_MODEL = (
+    config["predict"].get("model") or f"results/models/{MODEL}/model.keras"
+    if (TRAINING or config["predict"].get("model"))
+    else None
+)
+CONE_FIGURES = ["size_frequency", "height_vs_diameter", "cone_map"]
+if PREDICT_MODEL is None:
+    print(
+        "cinderseg: warning: no region has role 'train' and predict.model is not set: no model to "
+        "predict with, so only DEMs, features, masks and tiles are made",
+        file=sys.stderr,
+    )
 
 
 def alternation(names):
@@ -74,6 +88,24 @@ def training_manifests(wildcards):
     return expand("results/tiles/{region}.csv", region=TRAINING)
 
 
+def prediction_model(wildcards):
+    """The model file the predict step applies and its model card beside it."""
+    return {
+        "model": PREDICT_MODEL,
+        "card": str(Path(PREDICT_MODEL).with_name("model_card.json")),
+    }
+
+
+def predict_settings(wildcards):
+    """The predict section without the model path (an input, not a setting)."""
+    return {k: v for k, v in config["predict"].items() if k != "model"}
+
+
+def region_role(wildcards):
+    """The region's role: train, test or predict."""
+    return config["regions"][wildcards.region]["role"]
+
+
 def train_runtime(wildcards):
     """Runtime in minutes of the train step: the time budget plus a margin, else a day."""
     budget = config["train"]["max_minutes"]
@@ -90,4 +122,15 @@ def all_outputs(wildcards):
         targets += expand(
             "results/models/{model}/{file}", model=MODEL, file=MODEL_FILES
         )
+    if PREDICT_MODEL is not None:
+        targets += expand("results/predictions/{region}.tif", region=REGIONS)
+        targets += expand("results/cones/{region}.gpkg", region=REGIONS)
+        targets += expand("results/cones/{region}_summary.csv", region=REGIONS)
+        targets += expand(
+            "results/figures/{region}/{figure}.png", region=REGIONS, figure=CONE_FIGURES
+        )
+        targets += expand("results/metrics/{region}.json", region=LABELLED)
+        targets += expand("results/figures/{region}/errors.png", region=LABELLED)
+        if LABELLED:
+            targets.append("results/metrics/summary.csv")
     return targets

@@ -32,5 +32,7 @@ rule train:
         train=config["train"],
         tile_size=config["tiling"]["size"],
         regions=TRAINING,
+        features=config["features"],
+        resolutions={r: config["regions"][r]["resolution_m"] for r in TRAINING},
     script:
         "../scripts/train.py"

@@ -20,5 +20,7 @@ run_step(
     train_config=snakemake.params.train,
     regions=snakemake.params.regions,
     tile_size=snakemake.params.tile_size,
+    features_config=snakemake.params.features,
+    resolutions_m=snakemake.params.resolutions,
     threads=snakemake.threads,
 )

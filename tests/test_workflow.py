@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,15 +20,7 @@ from tests.workflow_helpers import REPO, planned_jobs, snakemake, write_config
 pytestmark = pytest.mark.workflow
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 STEPS = {"synthetic_dem", "mask", "features", "tiles", "overview"}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A completed run of the tiny config in a scratch directory."""
-    work = tmp_path_factory.mktemp("tiny")
-    shutil.copy(REPO / "config" / "tiny.yaml", work / "tiny.yaml")
-    snakemake(work, "--configfile", "tiny.yaml")
-    return work
+MAP_STEPS = {"predict", "vectorize", "baseline", "evaluate"}
 
 
 def test_outputs_share_one_grid_and_tiles_match_manifest(tiny_run: Path) -> None:
@@ -78,7 +70,7 @@ def test_changing_one_region_reruns_only_that_region(tiny_run: Path) -> None:
     cfg["regions"]["tiny_test"]["synthetic"]["seed"] = 99
     jobs = planned_jobs(tiny_run, write_config(tiny_run, "one_region.yaml", cfg))
     assert {region for _, region in jobs} - {""} == {"tiny_test"}
-    assert {rule for rule, _ in jobs} >= STEPS
+    assert {rule for rule, _ in jobs} >= STEPS | MAP_STEPS
     assert "train" not in {rule for rule, _ in jobs}, "a test region does not feed training"
 
 
@@ -106,3 +98,56 @@ def test_adding_a_region_runs_only_the_new_region(tiny_run: Path) -> None:
     cfg["regions"]["tiny_extra"]["synthetic"]["seed"] = 13
     jobs = planned_jobs(tiny_run, write_config(tiny_run, "added.yaml", cfg))
     assert {region for _, region in jobs} - {""} == {"tiny_extra"}
+
+
+def test_every_region_is_predicted_on_the_dem_grid_and_mapped(tiny_run: Path) -> None:
+    results = tiny_run / "results"
+    for region in TINY["regions"]:
+        with (
+            rasterio.open(results / "dem" / f"{region}.tif") as dem,
+            rasterio.open(results / "predictions" / f"{region}.tif") as prob,
+        ):
+            assert (prob.crs, prob.transform, prob.shape) == (dem.crs, dem.transform, dem.shape)
+            assert prob.dtypes == ("float32",) and prob.profile["tiled"]
+            p = prob.read(1, masked=True)
+            assert 0.0 <= p.min() and p.max() <= 1.0
+        cones = gpd.read_file(results / "cones" / f"{region}.gpkg", layer="cones")
+        assert cones.crs == dem.crs
+        for column in ("basal_diameter_m", "height_m", "height_to_diameter", "volume_m3", "lon", "lat"):
+            assert column in cones.columns
+        summary = pd.read_csv(results / "cones" / f"{region}_summary.csv")
+        assert len(summary) == 1 and summary["n_cones"].iloc[0] == len(cones)
+        for figure in ("size_frequency", "height_vs_diameter", "cone_map"):
+            assert (results / "figures" / region / f"{figure}.png").stat().st_size > 5_000
+
+
+def test_labelled_regions_are_evaluated_against_the_labels_and_the_baseline(tiny_run: Path) -> None:
+    results = tiny_run / "results"
+    for region, settings in TINY["regions"].items():
+        metrics = json.loads((results / "metrics" / f"{region}.json").read_text())
+        assert metrics["region"] == region and metrics["role"] == settings["role"]
+        for key in ("iou", "f1", "precision", "recall"):
+            assert metrics["pixel"][key] is None or 0.0 <= metrics["pixel"][key] <= 1.0
+        assert metrics["objects"]["n_true"] == len(
+            gpd.read_file(results / "synthetic" / f"{region}_cones.gpkg")
+        )
+        assert metrics["objects"]["n_pred"] >= 0 and "f1" in metrics["objects"]
+        assert "objects" in metrics["baseline"]
+        assert (results / "figures" / region / "errors.png").stat().st_size > 5_000
+    table = pd.read_csv(results / "metrics" / "summary.csv")
+    assert set(table["region"]) == set(TINY["regions"]) and set(table["method"]) == {"network", "baseline"}
+
+
+def test_changing_the_threshold_reruns_vectorize_and_evaluate_not_predict(tiny_run: Path) -> None:
+    cfg = copy.deepcopy(TINY)
+    cfg["vectorize"] = {"threshold": 0.6}
+    rules = {rule for rule, _ in planned_jobs(tiny_run, write_config(tiny_run, "threshold.yaml", cfg))}
+    assert rules - {"all"} == {"vectorize", "evaluate", "metrics_summary"}
+
+
+def test_the_report_gathers_figures_and_metrics(tiny_run: Path) -> None:
+    snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    html = (tiny_run / "results" / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for name in ("training_curves.png", "cone_map.png", "errors.png", "summary.csv"):
+        assert name in html, name

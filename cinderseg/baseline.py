@@ -1,0 +1,643 @@
+"""A classical cinder-cone detector that needs no training: the baseline every report compares against.
+
+Cones are found as blobs of a scale-normalised Laplacian of Gaussian (LoG) of the DEM and outlined from
+radial relief profiles. Everything is in the DEM's metric CRS: lengths in metres, slopes in degrees.
+
+1. Scale space. ``n_scales`` scales ``sigma = SIGMA_PER_RADIUS * r`` with basal radii ``r`` spaced
+   geometrically from ``min_diameter_m / 2`` (at least :data:`MIN_RADIUS_PX` pixels) to
+   ``max_diameter_m / 2``. The DEM is smoothed by a locally linear Gaussian fit (first-order normalised
+   convolution: at each pixel, the value of the plane fitted by Gaussian-weighted least squares to the
+   valid elevations around it). On a full neighbourhood that is the Gaussian mean; next to voids and the
+   raster edge it is exact for planes, so voids, edges and regional slopes make no blobs. The response
+   at a scale is the difference of neighbouring smoothings (difference of Gaussians) scaled to
+   ``-2 sigma^2 LoG(z)`` in metres: about the height of a Gaussian hill of matching width (a cone of
+   height h scores about 0.8-1.3 h; pits, valleys and planes score <= 0).
+2. Candidates: maxima of the response over 3 x 3 pixels at each scale, at least ``min_response_m``,
+   at valid pixels. Scales are not compared with each other: a cone on a larger hill (a summit
+   dome) keeps its own maximum.
+3. Outline: from the candidate's centre, :data:`N_AZIMUTHS` relief profiles (elevation minus a base
+   surface: a quadric fitted to a ring 1.5-2.4 scale radii around, then a plane fitted to a ring
+   1.1-1.6 times the first outline) are followed outward to the toe: where the relief reaches zero,
+   or, below half height, where the descent slows to a quarter of the flank's steepest descent, or
+   the low point before a saddle with a neighbour, or nodata. The outline is the star polygon of
+   these basal radii (median of 3 neighbouring azimuths, then a [1, 2, 1] / 4 smoothing).
+4. Filters: basal diameter ``2 sqrt(area / pi)`` within ``min_diameter_m .. max_diameter_m``; height
+   above the base plane at least ``min_relief_m``; roundness (minor / major axis of the outline's
+   inertia ellipse) at least ``min_roundness``; mean flank slope ``atan(2 height / diameter)`` (the
+   slope of a plain cone of that height and base; resolution-robust, unlike pixel slopes) within
+   ``min_flank_slope_deg .. max_flank_slope_deg``; at least half of the outline on valid pixels.
+   Of overlapping detections (intersection above ``max_overlap`` of the smaller one) the stronger
+   response is kept.
+
+Computation is windowed: blocks of ``block_px`` with a halo (:func:`halo_px`, more than
+``max_diameter_m``) covering the largest smoothing kernel and the largest candidate window, so memory
+does not grow with the raster. A candidate belongs to the block whose core holds its centre pixel, and
+the overlap suppression runs once over the detections of all blocks (a list of polygons), so the
+result does not depend on ``block_px``. Peak memory is about 15 float64 arrays of a padded block:
+1.1 GB with 2048 px blocks at 10 m (measured on a 10000 x 10000 DEM), less at coarser resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import scipy.fft
+import shapely
+from rasterio.windows import Window
+from scipy import ndimage
+
+from cinderseg.errors import ConfigError, InputError
+from cinderseg.raster import iter_windows, open_raster
+from cinderseg.settings import is_int, is_number, known_keys_only
+from cinderseg.vectorize import cone_attributes, write_cone_layer
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DETECTION_COLUMNS",
+    "EXTRA_COLUMNS",
+    "BaselineSettings",
+    "baseline_cones",
+    "detect_cones",
+    "halo_px",
+    "run_baseline",
+]
+
+SIGMA_PER_RADIUS = 0.5
+"""LoG scale matched to a cone of basal radius r: sigma = 0.5 r. Measured on synthetic cones (straight
+flanks, with and without craters, 10-90 m pixels): their response peaks near sigma = 0.5 r, below the
+r / sqrt(2) of a Gaussian blob."""
+MIN_RADIUS_PX = 1.5
+"""Smallest basal radius (pixels) the scale space looks for: smaller cones are not resolved by the DEM."""
+KERNEL_TRUNCATE = 3.0
+"""Smoothing kernels are cut at this many standard deviations."""
+MIN_WEIGHT = 0.3
+"""A smoothed value needs at least this fraction of its Gaussian weight on valid pixels."""
+N_AZIMUTHS = 32
+"""Radial profiles per candidate."""
+RAY_REACH = 2.0
+"""Profiles run to this many scale radii from the centre; an outline cannot reach further."""
+WINDOW_REACH = 2.6
+"""Half-width of the analysis window around a candidate, in scale radii (profiles and base rings)."""
+TOE_BREAK = 0.25
+"""Below half height, a profile reaches the toe where its descent slows to this fraction of the flank's
+steepest descent."""
+SADDLE_RISE = 0.1
+"""A profile stops at a saddle where its relief rises again by this fraction of the cone height."""
+MAX_RING_POINTS = 4000
+"""Base rings are subsampled on a regular grid to at most about this many pixels."""
+GDAL_CACHE_BYTES = 64 * 1024 * 1024
+"""GDAL block cache while the step runs (bytes), as in cinderseg.mask."""
+
+#: Columns of :func:`detect_cones` besides the geometry.
+DETECTION_COLUMNS: tuple[str, ...] = ("score", "scale_radius_m", "relief_m", "roundness", "flank_slope_deg")
+#: Detector columns kept in the baseline's cone layer after the contract's columns.
+EXTRA_COLUMNS: tuple[str, ...] = ("score", "scale_radius_m", "roundness")
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Settings of the classical detector; one field per key of the schema's ``baseline`` section.
+
+    Lengths in metres, slopes in degrees, the response in metres of relief.
+    """
+
+    min_diameter_m: float = 150.0
+    max_diameter_m: float = 2500.0
+    n_scales: int = 10
+    min_response_m: float = 15.0
+    min_relief_m: float = 20.0
+    min_roundness: float = 0.7
+    min_flank_slope_deg: float = 8.0
+    max_flank_slope_deg: float = 40.0
+    max_overlap: float = 0.3
+    block_px: int = 2048
+
+    def __post_init__(self) -> None:
+        _check_number("baseline.min_diameter_m", self.min_diameter_m, 0.0, None, low_open=True)
+        _check_number("baseline.max_diameter_m", self.max_diameter_m, 0.0, None, low_open=True)
+        if self.max_diameter_m <= self.min_diameter_m:
+            raise ConfigError(
+                f"baseline.max_diameter_m: must be larger than baseline.min_diameter_m "
+                f"({self.min_diameter_m!r}), got {self.max_diameter_m!r}"
+            )
+        if not is_int(self.n_scales) or not 2 <= self.n_scales <= 64:
+            raise ConfigError(f"baseline.n_scales: expected an integer from 2 to 64, got {self.n_scales!r}")
+        _check_number("baseline.min_response_m", self.min_response_m, 0.0, None, low_open=True)
+        _check_number("baseline.min_relief_m", self.min_relief_m, 0.0, None)
+        _check_number("baseline.min_roundness", self.min_roundness, 0.0, 1.0)
+        _check_number("baseline.min_flank_slope_deg", self.min_flank_slope_deg, 0.0, 90.0)
+        _check_number("baseline.max_flank_slope_deg", self.max_flank_slope_deg, 0.0, 90.0, low_open=True)
+        if self.max_flank_slope_deg <= self.min_flank_slope_deg:
+            raise ConfigError(
+                f"baseline.max_flank_slope_deg: must be larger than baseline.min_flank_slope_deg "
+                f"({self.min_flank_slope_deg!r}), got {self.max_flank_slope_deg!r}"
+            )
+        _check_number("baseline.max_overlap", self.max_overlap, 0.0, 1.0)
+        if not is_int(self.block_px) or self.block_px < 64:
+            raise ConfigError(f"baseline.block_px: expected an integer >= 64, got {self.block_px!r}")
+
+    @classmethod
+    def from_config(cls, baseline: Mapping[str, Any] | None) -> BaselineSettings:
+        """Settings from the config's ``baseline`` section (missing keys take the defaults)."""
+        return cls(**known_keys_only("baseline", baseline, (f.name for f in fields(cls))))
+
+
+def _check_number(key: str, value: Any, low: float, high: float | None, *, low_open: bool = False) -> None:
+    ok = is_number(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        raise ConfigError(f"{key}: expected a number {bound}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- scale space
+
+
+@dataclass(frozen=True)
+class _Scales:
+    """Response scales ``sigma`` (n, pixels), smoothing scales ``smooth`` (n + 1, pixels) between
+    and around them, and their ratio."""
+
+    sigma: np.ndarray
+    smooth: np.ndarray
+    ratio: float
+
+
+def _scales(settings: BaselineSettings, res: float) -> _Scales:
+    r_min = max(settings.min_diameter_m / 2.0 / res, MIN_RADIUS_PX)
+    r_max = max(settings.max_diameter_m / 2.0 / res, 1.5 * r_min)
+    n = settings.n_scales
+    ratio = (r_max / r_min) ** (1.0 / (n - 1))
+    sigma = SIGMA_PER_RADIUS * r_min * ratio ** np.arange(n)
+    smooth = SIGMA_PER_RADIUS * r_min * ratio ** (np.arange(n + 1) - 0.5)
+    return _Scales(sigma=sigma, smooth=smooth, ratio=ratio)
+
+
+def halo_px(settings: BaselineSettings, resolution_m: float) -> int:
+    """Halo (pixels) around each block: the largest smoothing kernel and the largest candidate window
+    (2.6 times the largest basal radius, so more than ``max_diameter_m``)."""
+    sc = _scales(settings, resolution_m)
+    kernel = math.ceil(KERNEL_TRUNCATE * float(sc.smooth[-1])) + 2
+    window = math.ceil(WINDOW_REACH * float(sc.sigma[-1]) / SIGMA_PER_RADIUS) + 3
+    return max(kernel, window)
+
+
+def _kernel_spectra(sigma: float, n: int, *, real: bool) -> list[np.ndarray]:
+    """1-D spectra of the Gaussian times offset^a (a = 0, 1, 2), placed circularly on ``n`` samples.
+
+    The Gaussian is sampled to +-KERNEL_TRUNCATE sigma and normalised to sum 1; ``real``: rfft spectra.
+    """
+    half = max(1, math.ceil(KERNEL_TRUNCATE * sigma))
+    d = np.arange(-half, half + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (d / sigma) ** 2)
+    g /= g.sum()
+    out = []
+    for a in range(3):
+        k = np.zeros(n)
+        np.add.at(k, d.astype(np.int64) % n, g * (-d) ** a)
+        out.append(scipy.fft.rfft(k) if real else scipy.fft.fft(k))
+    return out
+
+
+class _Smoother:
+    """Locally linear Gaussian smoothing of one padded block at any scale (FFT convolutions).
+
+    The block is larger than twice the kernel radius plus the core, so circular convolution equals
+    linear convolution with nothing outside the block on every pixel the caller uses.
+    """
+
+    def __init__(self, z: np.ndarray, valid: np.ndarray) -> None:
+        self.shape = z.shape
+        self.full = bool(valid.all())
+        ref = float(np.median(z[valid])) if valid.any() else 0.0
+        self.fz = scipy.fft.rfft2(np.where(valid, z - ref, 0.0))
+        self.fv = None if self.full else scipy.fft.rfft2(valid.astype(np.float64))
+
+    def smooth(self, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        """The smoothed block (metres, offset by a constant) and where at least ``MIN_WEIGHT`` of the
+        Gaussian weight lies on valid pixels."""
+        h, w = self.shape
+        kr = _kernel_spectra(sigma, h, real=False)
+        kc = _kernel_spectra(sigma, w, real=True)
+
+        def conv(spec: np.ndarray, a: int, b: int) -> np.ndarray:
+            """Sum over valid q of f(q) g(q - p) u^a v^b, (u, v) = q - p in (columns, rows)."""
+            return scipy.fft.irfft2(spec * kr[b][:, None] * kc[a][None, :], s=self.shape)
+
+        t00 = conv(self.fz, 0, 0)
+        if self.full:
+            return t00, np.ones(self.shape, dtype=bool)
+        assert self.fv is not None
+        # plane a + b u + c v by weighted least squares; its value at the pixel is a (Cramer's rule),
+        # computed in an order that keeps few block-sized arrays alive
+        s00, s10, s01, s11 = (conv(self.fv, a, b) for a, b in ((0, 0), (1, 0), (0, 1), (1, 1)))
+        s02 = conv(self.fv, 0, 2)
+        c1 = s10 * s02 - s11 * s01
+        s20 = conv(self.fv, 2, 0)
+        c0 = s20 * s02 - s11 * s11
+        del s02
+        c2 = s10 * s11 - s20 * s01
+        del s20, s11
+        det = s00 * c0 - s10 * c1 + s01 * c2
+        del s10, s01
+        ok = det > 1e-3 * np.maximum(s00, 1e-12) * np.maximum(c0, 0.0) + 1e-300
+        num = t00 * c0
+        del c0
+        num -= conv(self.fz, 1, 0) * c1
+        del c1
+        num += conv(self.fz, 0, 1) * c2
+        del c2
+        value = np.where(ok, num / np.where(ok, det, 1.0), t00 / np.maximum(s00, 1e-12))
+        return value, s00 >= MIN_WEIGHT
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    row: int  # in the padded block
+    col: int
+    scale: int
+    score: float
+
+
+def _candidates(
+    z: np.ndarray, valid: np.ndarray, halo: int, scales: _Scales, min_response: float
+) -> list[_Candidate]:
+    """Maxima (3 x 3 px, per scale) of the response above ``min_response`` in the block's core."""
+    h, w = z.shape
+    core = np.zeros((h, w), dtype=bool)
+    core[halo : h - halo, halo : w - halo] = True
+    core &= valid
+    if not core.any():
+        return []
+    smoother = _Smoother(z, valid)
+    k = scales.ratio
+    norm = 2.0 * k / (k - 1.0)  # DoG of neighbouring scales to -2 sigma^2 LoG
+    found: list[_Candidate] = []
+    prev, prev_w = smoother.smooth(float(scales.smooth[0]))
+    for i in range(len(scales.sigma)):
+        cur, cur_w = smoother.smooth(float(scales.smooth[i + 1]))
+        resp = (norm * (prev - cur)).astype(np.float32)
+        resp[~(valid & prev_w & cur_w)] = -np.inf
+        peak = core & (resp >= min_response)
+        peak &= resp >= ndimage.maximum_filter(resp, size=3, mode="constant", cval=-np.inf)
+        rows, cols = np.nonzero(peak)
+        found.extend(
+            _Candidate(int(a), int(b), i, float(resp[a, b])) for a, b in zip(rows, cols, strict=True)
+        )
+        prev, prev_w = cur, cur_w
+    return found
+
+
+# --------------------------------------------------------------------------- outlines
+
+
+def _design(dx: np.ndarray, dy: np.ndarray, order: int) -> np.ndarray:
+    """Polynomial terms (1, dx, dy[, dx^2, dx dy, dy^2]) stacked on the last axis."""
+    terms = [np.ones_like(dx), dx, dy]
+    if order == 2:
+        terms += [dx * dx, dx * dy, dy * dy]
+    return np.stack(terms, axis=-1)
+
+
+def _fit_surface(dx: np.ndarray, dy: np.ndarray, z: np.ndarray, order: int) -> np.ndarray | None:
+    """Robust least-squares surface of ``order`` 1 (plane) or 2 (quadric); points beyond 2.5 MAD of
+    the residuals are dropped and the fit repeated, twice. None with too few points."""
+    design = _design(dx, dy, order)
+    keep = np.ones(z.size, dtype=bool)
+    coef = None
+    for _ in range(3):
+        if keep.sum() < 4 * design.shape[1]:
+            return coef
+        a = design[keep]
+        try:
+            coef = np.linalg.solve(a.T @ a, a.T @ z[keep])  # normal equations: small and fast
+        except np.linalg.LinAlgError:
+            coef = np.linalg.lstsq(a, z[keep], rcond=None)[0]
+        res = z - design @ coef
+        med = np.median(res[keep])
+        mad = 1.4826 * np.median(np.abs(res[keep] - med)) + 1e-6
+        keep = np.abs(res - med) <= 2.5 * mad
+    return coef
+
+
+_AZ = np.arange(N_AZIMUTHS) * (2.0 * math.pi / N_AZIMUTHS)  # counter-clockwise from east
+
+
+def _first(mask: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """Index of the first True along the last axis of each row, ``default`` where there is none."""
+    return np.where(mask.any(axis=1), np.argmax(mask, axis=1), default)
+
+
+def _toes(p: np.ndarray, d: np.ndarray, inner: np.ndarray, height: float, rise: float) -> np.ndarray:
+    """Sample index of the toe of each radial relief profile (rows of ``p``; descent ``d``, m per pixel).
+
+    The first sample beyond the profile's top (its maximum within ``inner``) where the relief reaches
+    zero; or, below half height, where the descent has slowed to ``TOE_BREAK`` of the flank's steepest
+    descent (the foot of the flank on curved ground); or the low point before a rise of ``rise``
+    metres (a saddle with a neighbour); or the last valid sample before nodata; or the last sample.
+    """
+    n = p.shape[1]
+    idx = np.arange(n)[None, :]
+    finite = np.isfinite(p)
+    top = np.argmax(np.where(inner[None, :] & finite, p, -np.inf), axis=1)[:, None]
+    after = idx > top
+    last = np.full(p.shape[0], n - 1)
+    end = _first(after & ~finite, last + 1) - 1
+    pf = np.where(finite, p, np.inf)
+    end = np.minimum(end, _first(after & (pf <= 0.0), last))[:, None]
+    flank = after & (idx <= end) & np.isfinite(d)
+    dd = np.where(flank, d, -np.inf)
+    steep = np.argmax(dd, axis=1)[:, None]
+    d_steep = np.take_along_axis(dd, steep, axis=1)
+    slow = flank & (idx > steep) & (pf < 0.5 * height) & (d < TOE_BREAK * d_steep)
+    end = np.minimum(end[:, 0], _first(slow, last))[:, None]
+    span = (idx >= top) & (idx <= end)
+    seg = np.where(span, pf, np.inf)
+    low = np.minimum.accumulate(seg, axis=1)
+    up = _first(span & (seg > low + rise), last + 1)[:, None]
+    saddle = np.argmin(np.where(idx < up, seg, np.inf), axis=1)
+    end = np.where(up[:, 0] <= n - 1, saddle, end[:, 0])
+    return np.maximum(end, 1)
+
+
+def _ray_radii(relief: np.ndarray, cy: int, cx: int, r0: float) -> tuple[np.ndarray, float] | None:
+    """Basal radius (pixels) along each azimuth and the cone height (m) from a relief window."""
+    step = 0.5
+    t = np.arange(0.0, RAY_REACH * r0 + step, step)
+    ys = cy - np.sin(_AZ)[:, None] * t[None, :]  # rows run south
+    xs = cx + np.cos(_AZ)[:, None] * t[None, :]
+    prof = ndimage.map_coordinates(relief, [ys.ravel(), xs.ravel()], order=1, mode="constant", cval=np.nan)
+    prof = prof.reshape(ys.shape)
+    inner = t <= max(0.7 * r0, 1.0)
+    top = prof[:, inner]
+    if not np.isfinite(top[:, 0]).all():
+        return None
+    height = float(np.nanmax(top))
+    if height <= 0:
+        return None
+    descent = np.full(prof.shape, np.nan)
+    descent[:, 1:-1] = (prof[:, :-2] - prof[:, 2:]) / (2.0 * step)
+    # the toe sample lies about half a pixel past the foot (bilinear interpolation blurs the break)
+    radii = np.maximum(_toes(prof, descent, inner, height, SADDLE_RISE * height) * step - 0.5, step)
+    med = np.median(np.stack([np.roll(radii, 1), radii, np.roll(radii, -1)]), axis=0)  # circular median of 3
+    return 0.25 * np.roll(med, 1) + 0.5 * med + 0.25 * np.roll(med, -1), height  # then a light smoothing
+
+
+@dataclass(frozen=True)
+class _Outline:
+    radii: np.ndarray  # basal radius (pixels) per azimuth of _AZ
+    height: float  # metres above the base plane
+    valid_fraction: float  # of the pixels inside the outline
+
+
+def _outline(z: np.ndarray, valid: np.ndarray, row: int, col: int, r0: float) -> _Outline | None:
+    """Outline of the cone around pixel (row, col) of a padded block; ``r0``: scale radius (pixels)."""
+    reach = math.ceil(WINDOW_REACH * r0) + 1
+    r0w, c0w = max(0, row - reach), max(0, col - reach)
+    zw = z[r0w : row + reach + 1, c0w : col + reach + 1]
+    vw = valid[r0w : row + reach + 1, c0w : col + reach + 1]
+    cy, cx = row - r0w, col - c0w
+    dyi = np.arange(zw.shape[0])[:, None] - cy
+    dxi = np.arange(zw.shape[1])[None, :] - cx
+    dy = np.broadcast_to(dyi / r0, zw.shape)  # in scale radii: a well-conditioned fit at every scale
+    dx = np.broadcast_to(dxi / r0, zw.shape)
+    dist = np.hypot(dx, dy) * r0
+    az = np.mod(np.arctan2(-dy, dx), 2.0 * math.pi)
+    stride = max(1, math.ceil(math.sqrt(math.pi * (2.4**2 - 1.5**2) * r0 * r0 / MAX_RING_POINTS)))
+    sub = (dyi % stride == 0) & (dxi % stride == 0)  # anchored on the centre: independent of the block
+
+    ring = vw & sub & (dist >= 1.5 * r0) & (dist <= 2.4 * r0)
+    got = None
+    rho = dist
+    for order in (2, 1):  # a quadric on the wide ring follows curved ground; then a plane just outside
+        coef = _fit_surface(dx[ring], dy[ring], zw[ring], order)
+        if coef is None:
+            return None
+        relief = np.where(vw, zw - _design(dx, dy, order) @ coef, np.nan)
+        got = _ray_radii(relief, cy, cx, r0)
+        if got is None:
+            return None
+        radii = got[0]
+        rho = dist / np.interp(az, np.append(_AZ, 2.0 * math.pi), np.append(radii, radii[0]))
+        ring = vw & sub & (rho >= 1.1) & (rho <= 1.6)
+    assert got is not None
+    inside = rho <= 1.0
+    n_in = int(inside.sum())
+    valid_fraction = float((inside & vw).sum()) / n_in if n_in else 0.0
+    return _Outline(radii=got[0], height=got[1], valid_fraction=valid_fraction)
+
+
+def _roundness(xy: np.ndarray) -> float:
+    """Minor / major axis ratio of the inertia ellipse of a simple polygon (vertices, any units)."""
+    x, y = xy[:, 0] - xy[:, 0].mean(), xy[:, 1] - xy[:, 1].mean()
+    xn, yn = np.roll(x, -1), np.roll(y, -1)
+    cross = x * yn - xn * y
+    area = cross.sum() / 2.0
+    if area == 0:
+        return 0.0
+    cx = ((x + xn) * cross).sum() / (6.0 * area)
+    cy = ((y + yn) * cross).sum() / (6.0 * area)
+    ixx = ((x * x + x * xn + xn * xn) * cross).sum() / 12.0 / area - cx * cx
+    iyy = ((y * y + y * yn + yn * yn) * cross).sum() / 12.0 / area - cy * cy
+    ixy = ((x * yn + 2 * x * y + 2 * xn * yn + xn * y) * cross).sum() / 24.0 / area - cx * cy
+    ev = np.linalg.eigvalsh(np.array([[ixx, ixy], [ixy, iyy]]))
+    return float(math.sqrt(max(ev[0], 0.0) / ev[1])) if ev[1] > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _read_padded(
+    ds: rasterio.DatasetReader, win: Window, halo: int
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``win`` grown by ``halo`` as float64 (NaN outside the raster), its validity and its top-left pixel."""
+    r0, c0 = int(win.row_off) - halo, int(win.col_off) - halo
+    h, w = int(win.height) + 2 * halo, int(win.width) + 2 * halo
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
+    z = np.full((h, w), np.nan)
+    z[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = ds.read(1, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+    valid = np.isfinite(z)
+    if ds.nodata is not None and not math.isnan(ds.nodata):
+        valid &= z != ds.nodata
+    return z, valid, r0, c0
+
+
+@dataclass(frozen=True)
+class _Detection:
+    polygon: shapely.Polygon
+    key: tuple[float, int, int]  # (-score, raster row, raster col): strongest first, then raster order
+    values: tuple[float, ...]  # DETECTION_COLUMNS
+
+
+def _block_detections(
+    z: np.ndarray,
+    valid: np.ndarray,
+    origin: tuple[int, int],
+    halo: int,
+    scales: _Scales,
+    settings: BaselineSettings,
+    ds: rasterio.DatasetReader,
+) -> tuple[list[_Detection], int]:
+    """Filtered detections whose centre lies in the block's core, and the number of candidates."""
+    res = abs(ds.transform.a)
+    found: list[_Detection] = []
+    cands = _candidates(z, valid, halo, scales, settings.min_response_m)
+    for cand in cands:
+        r0 = float(scales.sigma[cand.scale]) / SIGMA_PER_RADIUS
+        out = _outline(z, valid, cand.row, cand.col, r0)
+        if out is None or out.valid_fraction < 0.5 or out.height < settings.min_relief_m:
+            continue
+        row, col = origin[0] + cand.row, origin[1] + cand.col
+        cols = col + 0.5 + np.cos(_AZ) * out.radii
+        rows = row + 0.5 - np.sin(_AZ) * out.radii
+        t = ds.transform
+        xy = np.column_stack([t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f])
+        poly = shapely.Polygon(xy)
+        if not poly.is_valid or poly.area <= 0:
+            continue
+        diameter = 2.0 * math.sqrt(poly.area / math.pi)
+        if not settings.min_diameter_m <= diameter <= settings.max_diameter_m:
+            continue
+        roundness = _roundness(xy)
+        if roundness < settings.min_roundness:
+            continue
+        flank = math.degrees(math.atan(2.0 * out.height / diameter))
+        if not settings.min_flank_slope_deg <= flank <= settings.max_flank_slope_deg:
+            continue
+        values = (cand.score, r0 * res, out.height, roundness, flank)
+        found.append(_Detection(poly, (-cand.score, row, col), values))
+    return found, len(cands)
+
+
+def _suppress_overlaps(found: list[_Detection], max_overlap: float) -> list[_Detection]:
+    """Greedy suppression, strongest first: a detection overlapping a kept one by more than
+    ``max_overlap`` of the smaller area is dropped."""
+    if not found:
+        return []
+    order = sorted(range(len(found)), key=lambda i: found[i].key)
+    polys = [d.polygon for d in found]
+    tree = shapely.STRtree(polys)
+    taken = np.zeros(len(found), dtype=bool)
+    kept: list[_Detection] = []
+    for i in order:
+        clash = False
+        for j in tree.query(polys[i], predicate="intersects"):
+            if taken[j]:
+                inter = polys[i].intersection(polys[j]).area
+                if inter > max_overlap * min(polys[i].area, polys[j].area):
+                    clash = True
+                    break
+        if not clash:
+            taken[i] = True
+            kept.append(found[i])
+    return kept
+
+
+def _what(region: str) -> str:
+    return f"DEM of region '{region}'" if region else "DEM"
+
+
+def detect_cones(
+    dem_path: str | os.PathLike[str],
+    settings: BaselineSettings,
+    *,
+    region: str = "",
+) -> gpd.GeoDataFrame:
+    """Cone outlines found by the classical detector in a DEM (projected CRS in metres).
+
+    Returns polygons in the DEM's CRS, strongest first, with :data:`DETECTION_COLUMNS`: ``score``
+    (LoG response, m), ``scale_radius_m`` (basal radius matched by the responding scale),
+    ``relief_m`` (height above the base plane), ``roundness`` (0-1) and ``flank_slope_deg``
+    (atan(2 relief / basal diameter)). Raises InputError (one line naming the region and file) for a
+    geographic, rotated or all-nodata DEM.
+    """
+    what = _what(region)
+    found: list[_Detection] = []
+    n_cand = n_valid = 0
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), open_raster(dem_path, what=what) as ds:
+        if ds.crs.is_geographic:
+            raise InputError(
+                f"{what}: CRS {ds.crs} is geographic; a metric (projected) CRS is needed: {dem_path}"
+            )
+        if ds.transform.b != 0 or ds.transform.d != 0:
+            raise InputError(f"{what}: rotated grids are not supported: {dem_path}")
+        res_x, res_y = abs(ds.transform.a), abs(ds.transform.e)
+        if not math.isclose(res_x, res_y, rel_tol=1e-3):
+            raise InputError(f"{what}: pixels must be square, got {res_x:g} x {res_y:g} m: {dem_path}")
+        scales = _scales(settings, res_x)
+        halo = halo_px(settings, res_x)
+        for win in iter_windows(ds.height, ds.width, settings.block_px):
+            z, valid, top, left = _read_padded(ds, win, halo)
+            n_core = int(valid[halo : halo + int(win.height), halo : halo + int(win.width)].sum())
+            n_valid += n_core
+            if n_core == 0:
+                continue
+            block, n = _block_detections(z, valid, (top, left), halo, scales, settings, ds)
+            found.extend(block)
+            n_cand += n
+        if n_valid == 0:
+            raise InputError(f"{what}: all pixels are nodata: {dem_path}")
+        crs = ds.crs
+    kept = _suppress_overlaps(found, settings.max_overlap)
+    data = {
+        name: np.array([d.values[i] for d in kept], dtype=np.float64)
+        for i, name in enumerate(DETECTION_COLUMNS)
+    }
+    gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([d.polygon for d in kept], crs=crs), crs=crs)
+    log.info(
+        "%s: %d candidates, %d outlines passed the filters, %d cones after overlap suppression",
+        what,
+        n_cand,
+        len(found),
+        len(gdf),
+    )
+    return gdf
+
+
+def baseline_cones(
+    dem_path: str | os.PathLike[str],
+    settings: BaselineSettings,
+    *,
+    region: str = "",
+    ring_width_px: int = 2,
+) -> gpd.GeoDataFrame:
+    """The baseline's cone layer: the data contract's columns (cinderseg.vectorize.CONE_COLUMNS,
+    measured by :func:`cinderseg.vectorize.cone_attributes`; probabilities NaN) followed by ``score``,
+    ``scale_radius_m`` and ``roundness`` of the detector; ``cone_id`` 1..n, strongest first."""
+    detections = detect_cones(dem_path, settings, region=region)
+    cones = cone_attributes(detections.geometry, dem_path, region=region, ring_width_px=ring_width_px)
+    if len(cones) != len(detections):
+        raise RuntimeError(f"cone_attributes returned {len(cones)} rows for {len(detections)} polygons")
+    cones = cones.reset_index(drop=True)
+    geometry = cones.geometry.name
+    for name in EXTRA_COLUMNS:
+        cones[name] = detections[name].to_numpy(dtype=np.float64)
+    columns = [c for c in cones.columns if c != geometry] + [geometry]
+    return cones[columns]
+
+
+def run_baseline(
+    dem_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    settings: BaselineSettings,
+    *,
+    region: str = "",
+    ring_width_px: int = 2,
+) -> gpd.GeoDataFrame:
+    """The baseline step: detect cones in the DEM and write them (GeoPackage, layer "cones", the DEM's
+    CRS, the data contract's columns; an empty layer with every column when none is found) atomically."""
+    cones = baseline_cones(dem_path, settings, region=region, ring_width_px=ring_width_px)
+    write_cone_layer(cones, out_path)
+    log.info("%s: %d baseline cones written to %s", _what(region), len(cones), os.fspath(out_path))
+    return cones

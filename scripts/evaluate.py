@@ -1,0 +1,31 @@
+"""Snakemake script of rule evaluate: pixel and object metrics of the network and the baseline."""
+
+from cinderseg.evaluate import EvaluateSettings, evaluate_region
+from cinderseg.mask import load_labels
+from cinderseg.raster import open_raster
+from cinderseg.step import run_step
+
+
+def main(inp, out, params, region: str) -> None:
+    with open_raster(inp.dem, what=f"DEM of region '{region}'") as ds:
+        crs = ds.crs
+    labels = load_labels(inp.labels, target_crs=crs, radius_field=params.radius_field, region=region)
+    evaluate_region(
+        region=region,
+        mask_path=inp.mask,
+        labels=labels,
+        cones_path=inp.cones,
+        probability_path=inp.probability,
+        threshold=params.threshold,
+        baseline_path=inp.baseline,
+        dem_path=inp.dem,
+        out_json=out.metrics,
+        error_map_path=out.errors,
+        settings=EvaluateSettings.from_config(params.evaluate),
+        role=params.role,
+    )
+
+
+run_step(
+    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params, snakemake.wildcards.region
+)

@@ -1,0 +1,28 @@
+"""Snakemake script of rule vectorize: cone polygons with morphometry, summary table and figures."""
+
+from cinderseg.step import run_step
+from cinderseg.vectorize import VectorizeSettings, write_cone_products
+
+
+def main(inp, out, settings: dict, region: str) -> None:
+    write_cone_products(
+        inp.probability,
+        inp.dem,
+        VectorizeSettings.from_config(settings),
+        cones_path=out.cones,
+        summary_path=out.summary,
+        size_frequency_path=out.size_frequency,
+        height_vs_diameter_path=out.height_vs_diameter,
+        cone_map_path=out.cone_map,
+        region=region,
+    )
+
+
+run_step(
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.params.vectorize,
+    snakemake.wildcards.region,
+)
