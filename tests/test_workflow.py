@@ -108,7 +108,7 @@ def test_every_region_is_predicted_on_the_dem_grid_and_mapped(tiny_run: Path) ->
             rasterio.open(results / "predictions" / f"{region}.tif") as prob,
         ):
             assert (prob.crs, prob.transform, prob.shape) == (dem.crs, dem.transform, dem.shape)
-            assert prob.dtypes == ("float32",) and prob.profile["tiled"]
+            assert prob.dtypes == ("float32",) and prob.nodata == -9999
             p = prob.read(1, masked=True)
             assert 0.0 <= p.min() and p.max() <= 1.0
         cones = gpd.read_file(results / "cones" / f"{region}.gpkg", layer="cones")
