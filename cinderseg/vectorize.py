@@ -166,8 +166,13 @@ class VectorizeSettings:
     split_saddle_ratio: float = 0.85
     ring_width_px: int = 2
     block_px: int = 2048
+    min_circularity: float = 0.7
 
     def __post_init__(self) -> None:
+        if not is_number(self.min_circularity) or not 0 <= self.min_circularity <= 1:
+            raise ConfigError(
+                f"vectorize.min_circularity: expected a number >= 0 and <= 1, got {self.min_circularity!r}"
+            )
         if not is_number(self.threshold) or not 0 < self.threshold < 1:
             raise ConfigError(f"vectorize.threshold: expected a number > 0 and < 1, got {self.threshold!r}")
         if not is_number(self.min_area_m2) or self.min_area_m2 < 0:
@@ -914,6 +919,16 @@ def vectorize_cones(
     found.sort(key=lambda item: (item[0], item[1]))
     polys = gpd.GeoSeries([item[2] for item in found], crs=crs)
     label = f"region '{region}'" if region else os.fspath(probability_path)
+    if len(polys) and settings.min_circularity > 0:
+        # cinder cones are round in plan: elongated or ragged objects (flows, ridges, merged debris) go
+        round_enough = (4 * math.pi * polys.area / polys.length**2).to_numpy() >= settings.min_circularity
+        log.info(
+            "%s: %d objects below min_circularity=%g dropped",
+            label,
+            int((~round_enough).sum()),
+            settings.min_circularity,
+        )
+        polys = polys[round_enough].reset_index(drop=True)
     if counts.too_large:
         log.info(
             "%s: %d objects wider than max_diameter_m=%g m dropped as not cones (largest extent >= %.0f m)",

@@ -275,9 +275,21 @@ def test_touching_discs_split_ellipse_not(tmp_path):
     )
     # the base ring of each leaves out its neighbour: heights are those of the cones
     assert discs.height_m.to_numpy() == pytest.approx([108, 108], rel=0.01)
-    assert len(_run(tmp_path, prob, dem, split_touching=False)) == 2
-    assert len(_run(tmp_path, prob, dem, split_min_distance_m=600)) == 2
-    assert len(_run(tmp_path, prob, dem, split_saddle_ratio=0.3)) == 2  # waist 0.44 x radius
+    assert len(_run(tmp_path, prob, dem, split_touching=False, min_circularity=0)) == 2
+    assert len(_run(tmp_path, prob, dem, split_min_distance_m=600, min_circularity=0)) == 2
+    assert len(_run(tmp_path, prob, dem, split_saddle_ratio=0.3, min_circularity=0)) == 2  # waist 0.44 x r
+    # unsplit, the pair is a peanut, not round: the default min_circularity drops it
+    assert len(_run(tmp_path, prob, dem, split_touching=False)) == 1
+
+
+def test_elongated_objects_are_not_cones(tmp_path):
+    prob = np.zeros((100, 100))
+    prob[40:48, 10:90] = 1.0  # a 240 m x 2400 m lobe: circularity about 0.3
+    prob[60:80, 40:60] = 1.0  # a square: circularity about 0.85 after smoothing
+    assert len(_run(tmp_path, prob)) == 1
+    assert len(_run(tmp_path, prob, min_circularity=0)) == 2
+    with pytest.raises(ConfigError, match=r"vectorize.min_circularity"):
+        VectorizeSettings(min_circularity=1.5)
 
 
 def test_threshold_is_inclusive_and_selects_the_contour(tmp_path):
@@ -317,12 +329,12 @@ def test_holes_filled_and_inner_objects_absorbed(tmp_path):
     outer, inner = _disc(shape, cx, cy, 600), _disc(shape, cx, cy, 240)
     prob = (outer & ~inner).astype(float)
     prob[_disc(shape, cx, cy, 75)] = 0.7  # a small object in the hole
-    filled = _run(tmp_path, prob)
+    filled = _run(tmp_path, prob, min_circularity=0)
     assert len(filled) == 1
     geom = filled.geometry.iloc[0]
     assert len(geom.interiors) == 0
     assert filled.area_m2.iloc[0] == pytest.approx(outer.sum() * RES * RES, rel=0.01)
-    kept = _run(tmp_path, prob, fill_holes=False)
+    kept = _run(tmp_path, prob, min_circularity=0, fill_holes=False)
     assert len(kept) == 2
     ring = kept.loc[kept.area_m2.idxmax()]
     assert len(ring.geometry.interiors) == 1
@@ -333,8 +345,8 @@ def test_opening_removes_thin_bridges(tmp_path):
     shape = (60, 120)
     prob = (_disc(shape, *_at(30.5, 20.5), 240) | _disc(shape, *_at(30.5, 90.5), 240)).astype(float)
     prob[30, 20:91] = 0.9  # a one-pixel bridge
-    assert len(_run(tmp_path, prob, split_touching=False)) == 1
-    opened = _run(tmp_path, prob, split_touching=False, opening_px=1)
+    assert len(_run(tmp_path, prob, min_circularity=0, split_touching=False)) == 1
+    opened = _run(tmp_path, prob, min_circularity=0, split_touching=False, opening_px=1)
     assert len(opened) == 2
     assert opened.basal_diameter_m.to_numpy() == pytest.approx([480, 480], abs=2 * RES)
 
