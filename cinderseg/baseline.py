@@ -56,7 +56,7 @@ from scipy import ndimage
 
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.raster import iter_windows, open_raster
-from cinderseg.settings import is_int, is_number, known_keys_only
+from cinderseg.settings import check_number, is_int, known_keys_only
 from cinderseg.vectorize import cone_attributes, write_cone_layer
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ class BaselineSettings:
     block_px: int = 2048
 
     def __post_init__(self) -> None:
-        _check_number("baseline.min_diameter_m", self.min_diameter_m, 0.0, None, low_open=True)
-        _check_number("baseline.max_diameter_m", self.max_diameter_m, 0.0, None, low_open=True)
+        check_number("baseline.min_diameter_m", self.min_diameter_m, 0.0, None, low_open=True)
+        check_number("baseline.max_diameter_m", self.max_diameter_m, 0.0, None, low_open=True)
         if self.max_diameter_m <= self.min_diameter_m:
             raise ConfigError(
                 f"baseline.max_diameter_m: must be larger than baseline.min_diameter_m "
@@ -131,17 +131,17 @@ class BaselineSettings:
             )
         if not is_int(self.n_scales) or not 2 <= self.n_scales <= 64:
             raise ConfigError(f"baseline.n_scales: expected an integer from 2 to 64, got {self.n_scales!r}")
-        _check_number("baseline.min_response_m", self.min_response_m, 0.0, None, low_open=True)
-        _check_number("baseline.min_relief_m", self.min_relief_m, 0.0, None)
-        _check_number("baseline.min_roundness", self.min_roundness, 0.0, 1.0)
-        _check_number("baseline.min_flank_slope_deg", self.min_flank_slope_deg, 0.0, 90.0)
-        _check_number("baseline.max_flank_slope_deg", self.max_flank_slope_deg, 0.0, 90.0, low_open=True)
+        check_number("baseline.min_response_m", self.min_response_m, 0.0, None, low_open=True)
+        check_number("baseline.min_relief_m", self.min_relief_m, 0.0, None)
+        check_number("baseline.min_roundness", self.min_roundness, 0.0, 1.0)
+        check_number("baseline.min_flank_slope_deg", self.min_flank_slope_deg, 0.0, 90.0)
+        check_number("baseline.max_flank_slope_deg", self.max_flank_slope_deg, 0.0, 90.0, low_open=True)
         if self.max_flank_slope_deg <= self.min_flank_slope_deg:
             raise ConfigError(
                 f"baseline.max_flank_slope_deg: must be larger than baseline.min_flank_slope_deg "
                 f"({self.min_flank_slope_deg!r}), got {self.max_flank_slope_deg!r}"
             )
-        _check_number("baseline.max_overlap", self.max_overlap, 0.0, 1.0)
+        check_number("baseline.max_overlap", self.max_overlap, 0.0, 1.0)
         if not is_int(self.block_px) or self.block_px < 64:
             raise ConfigError(f"baseline.block_px: expected an integer >= 64, got {self.block_px!r}")
 
@@ -149,15 +149,6 @@ class BaselineSettings:
     def from_config(cls, baseline: Mapping[str, Any] | None) -> BaselineSettings:
         """Settings from the config's ``baseline`` section (missing keys take the defaults)."""
         return cls(**known_keys_only("baseline", baseline, (f.name for f in fields(cls))))
-
-
-def _check_number(key: str, value: Any, low: float, high: float | None, *, low_open: bool = False) -> None:
-    ok = is_number(value) and (value > low if low_open else value >= low)
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
-        raise ConfigError(f"{key}: expected a number {bound}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- scale space

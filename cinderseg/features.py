@@ -60,7 +60,7 @@ from rasterio.windows import Window
 
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.raster import NODATA_FLOAT, atomic_write, geotiff_profile, iter_windows, open_raster
-from cinderseg.settings import known_keys_only
+from cinderseg.settings import check_number, known_keys_only
 
 CHANNELS: tuple[str, ...] = (
     "elevation",
@@ -116,12 +116,10 @@ class FeatureSettings:
             raise ConfigError(f"features.channels: duplicate channel in {list(self.channels)}")
         _check_int("features.block_px", self.block_px, 128)
         _check_int("features.clahe_kernel_px", self.clahe_kernel_px, 8)
-        _check_number("features.clahe_clip_limit", self.clahe_clip_limit, 0.0, 1.0, low_open=True)
-        _check_number("features.local_relief_radius_m", self.local_relief_radius_m, 0.0, None, low_open=True)
-        _check_number("features.hillshade_azimuth_deg", self.hillshade_azimuth_deg, 0.0, 360.0)
-        _check_number(
-            "features.hillshade_altitude_deg", self.hillshade_altitude_deg, 0.0, 90.0, low_open=True
-        )
+        check_number("features.clahe_clip_limit", self.clahe_clip_limit, 0.0, 1.0, low_open=True)
+        check_number("features.local_relief_radius_m", self.local_relief_radius_m, 0.0, None, low_open=True)
+        check_number("features.hillshade_azimuth_deg", self.hillshade_azimuth_deg, 0.0, 360.0)
+        check_number("features.hillshade_altitude_deg", self.hillshade_altitude_deg, 0.0, 90.0, low_open=True)
 
     @classmethod
     def from_config(cls, features: Mapping[str, Any] | None) -> FeatureSettings:
@@ -135,17 +133,6 @@ class FeatureSettings:
 def _check_int(key: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(key: str, value: Any, low: float, high: float | None, *, low_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and math.isfinite(value)
-    if ok:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ConfigError(f"{key}: expected a number {bound}, got {value!r}")
 
 
 def relief_radius_px(settings: FeatureSettings, resolution_m: float) -> int:

@@ -21,6 +21,17 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_number(key: str, value: Any, low: float, high: float | None, *, low_open: bool = False) -> None:
+    """ConfigError naming ``key`` unless ``value`` is a finite number >= ``low`` (> with ``low_open``)
+    and <= ``high`` (None: no upper bound)."""
+    ok = is_number(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        raise ConfigError(f"{key}: expected a number {bound}, got {value!r}")
+
+
 def known_keys_only(section: str, values: Mapping[str, Any] | None, known: Iterable[str]) -> dict[str, Any]:
     """A copy of a config section, or ConfigError naming ``section.key`` for the first unknown key."""
     if values is not None and not isinstance(values, Mapping):
