@@ -280,27 +280,12 @@ def run_variant(variant: str, features: Path, model: Path, out: Path, threads: i
 
 
 def pixel_scores(prob_path: Path, mask_path: Path, threshold: float = 0.5) -> dict[str, float]:
-    """Pixel IoU, precision and recall of ``prob >= threshold`` against the mask (block by block)."""
-    import rasterio
+    """Pixel IoU, precision and recall of ``prob >= threshold`` against the mask: the evaluate step's
+    own block-wise count (nodata in either raster ignored)."""
+    from cinderseg.evaluate import pixel_metrics
 
-    from cinderseg.raster import MASK_NODATA, NODATA_FLOAT, iter_windows
-
-    tp = fp = fn = 0
-    with rasterio.open(prob_path) as p, rasterio.open(mask_path) as m:
-        for win in iter_windows(p.height, p.width, 1024):
-            prob = p.read(1, window=win)
-            mask = m.read(1, window=win)
-            valid = (mask != MASK_NODATA) & (prob != NODATA_FLOAT)
-            pred = (prob >= threshold) & valid
-            true = (mask == 1) & valid
-            tp += int((pred & true).sum())
-            fp += int((pred & ~true).sum())
-            fn += int((~pred & true).sum())
-    return {
-        "iou": tp / max(tp + fp + fn, 1),
-        "precision": tp / max(tp + fp, 1),
-        "recall": tp / max(tp + fn, 1),
-    }
+    metrics = pixel_metrics(prob_path, mask_path, threshold=threshold)
+    return {key: metrics[key] or 0.0 for key in ("iou", "precision", "recall")}
 
 
 def seam_ratio(prob_path: Path, period: int = STEP) -> float:
