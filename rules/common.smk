@@ -1,4 +1,5 @@
 # Configuration, validated once at start-up, and the input functions of the rules.
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from cinderseg.config import (
 )
 from cinderseg.download import tile_paths
 from cinderseg.errors import ConfigError
+from snakemake.exceptions import WorkflowError
 
 
 def _config_source():
@@ -24,6 +26,9 @@ try:
 except ConfigError as err:
     sys.exit(f"cinderseg: error: {err}")
 
+# The checkout, for the post-deploy scripts of envs/ that install cinderseg into conda environments.
+os.environ["CINDERSEG_ROOT"] = str(Path(workflow.basedir).resolve())
+
 REGIONS = list(config["regions"])
 LABELLED = labelled_regions(config)
 SYNTHETIC = region_names(config, source="synthetic")
@@ -31,8 +36,19 @@ FILE_BASED = region_names(config, source="file")
 USGS3DEP = region_names(config, source="usgs3dep")
 TRAINING = region_names(config, role="train")
 MODEL = config["model"]["name"]
-# TensorFlow threads of the train step: all cores given to Snakemake, at most 16.
-TRAIN_THREADS = max(1, min(workflow.cores or 8, 16))
+
+
+def cores_given():
+    """The cores given to Snakemake (--cores), or None: a cluster run needs none."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
+# TensorFlow threads of the train and predict steps: all cores given to Snakemake, at most 16;
+# 8 on a cluster without --cores (profiles/slurm sets them with set-threads).
+TRAIN_THREADS = max(1, min(cores_given() or 8, 16))
 MODEL_FILES = ["model.keras", "history.csv", "training_curves.png", "model_card.json"]
 # The model the predict step applies: predict.model if set, else the one trained by this workflow.
 PREDICT_MODEL = (

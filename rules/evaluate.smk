@@ -54,7 +54,7 @@ rule metrics_summary:
     benchmark:
         "results/benchmarks/metrics_summary/all.tsv"
     conda:
-        "../envs/gis.yaml"
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=500,

@@ -43,7 +43,7 @@ rule overview:
     benchmark:
         "results/benchmarks/overview/{region}.tsv"
     conda:
-        "../envs/gis.yaml"
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,

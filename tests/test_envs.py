@@ -1,0 +1,199 @@
+"""The per-rule software environments (envs/*.yaml), checked statically: no conda channel is reachable here.
+
+Every rule names a conda environment and declares threads, mem_mb and runtime; every environment file
+parses and pins the versions of requirements.txt; every package that a rule's script imports,
+following cinderseg's own imports transitively, is in that rule's environment; each environment
+installs the cinderseg package (post-deploy script).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from functools import cache
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.workflow_helpers import REPO
+
+RULE = re.compile(r"^(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n|\n)*)", re.MULTILINE)
+SECTION = re.compile(r"^    (\w+):(?:[ \t]*(\S.*))?\n((?:        .*\n)*)", re.MULTILINE)
+# Packages whose import name is not their distribution name, or that ship inside another one.
+EXTRA_DISTRIBUTIONS = {"mpl_toolkits": "matplotlib"}
+
+
+def parse_rules() -> dict[str, dict[str, str]]:
+    """rule name -> {section: text} from rules/*.smk (snakefmt-formatted)."""
+    rules: dict[str, dict[str, str]] = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for match in RULE.finditer(smk.read_text() + "\n"):
+            sections = {}
+            for sec in SECTION.finditer(match.group(2)):
+                sections[sec.group(1)] = ((sec.group(2) or "") + "\n" + sec.group(3)).strip()
+            rules[match.group(1)] = sections
+    return rules
+
+
+RULES = {name: sections for name, sections in parse_rules().items() if name != "all"}
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[norm(name)] = version.strip()
+    return pins
+
+
+def env_packages(env_file: Path) -> dict[str, str]:
+    """Normalised package name -> pinned version ('' if unpinned) of a conda environment file."""
+    env = yaml.safe_load(env_file.read_text())
+    packages: dict[str, str] = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for spec in dep["pip"]:
+                name, _, version = spec.partition("==")
+                packages[norm(name)] = version
+        else:
+            name, _, version = dep.partition("=")
+            packages[norm(name)] = version.lstrip("=")
+    return packages
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module named by an import statement in the file (function-level ones too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            if node.module == "cinderseg":  # from cinderseg import x: x may be a module
+                names.update(f"cinderseg.{alias.name}" for alias in node.names)
+    return names
+
+
+@cache
+def third_party_imports(script: Path) -> frozenset[str]:
+    """Top-level third-party packages the script imports, following cinderseg modules transitively."""
+    seen: set[Path] = set()
+    todo = [script]
+    found: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            if top == "cinderseg":
+                candidate = REPO / Path(*module.split("."))
+                for file in (candidate.with_suffix(".py"), candidate / "__init__.py"):
+                    if file.exists():
+                        todo.append(file)
+            elif top not in sys.stdlib_module_names and top != "snakemake":  # snakemake: the preamble's
+                found.add(top)
+    return frozenset(found)
+
+
+def distribution(module: str) -> str:
+    """The distribution (normalised) that provides an importable top-level package."""
+    if module in EXTRA_DISTRIBUTIONS:
+        return EXTRA_DISTRIBUTIONS[module]
+    dists = packages_distributions().get(module)
+    assert dists, f"no installed distribution provides {module!r}"
+    return norm(dists[0])
+
+
+def rule_env(sections: dict[str, str]) -> Path:
+    return (REPO / "rules" / sections["conda"].strip('"')).resolve()
+
+
+def test_every_rule_has_conda_log_benchmark_threads_and_sized_resources() -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", "config/tiny.yaml"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    listed = [line.split()[0] for line in listed.splitlines() if line.strip() and not line[0].isspace()]
+    assert set(RULES) | {"all"} == set(listed), "the parser of rules/*.smk missed a rule"
+    for name, sections in RULES.items():
+        for key in ("conda", "log", "benchmark", "threads", "resources"):
+            assert key in sections, f"rule {name} has no {key}:"
+        resources = sections["resources"]
+        assert re.search(r"\bmem_mb=", resources) and re.search(r"\bruntime=", resources), name
+        assert rule_env(sections).is_file(), f"rule {name}: {sections['conda']} not found"
+
+
+def test_three_environments_one_per_rule_group() -> None:
+    groups = {rule_env(sections).name: set() for sections in RULES.values()}
+    for name, sections in RULES.items():
+        groups[rule_env(sections).name].add(name)
+    assert set(groups) == {"gis.yaml", "tf.yaml", "report.yaml"}
+    assert groups["tf.yaml"] == {"train", "predict"}
+    assert groups["report.yaml"] == {"overview", "metrics_summary"}
+    assert {p.name for p in (REPO / "envs").glob("*.yaml")} == set(groups), "an env file no rule uses"
+
+
+@pytest.mark.parametrize("env_file", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_env_parses_and_pins_the_versions_of_requirements(env_file: Path) -> None:
+    env = yaml.safe_load(env_file.read_text())
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    packages = env_packages(env_file)
+    pins = requirements()
+    assert packages.pop("python") == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert packages.pop("pip") == ""
+    for name, version in packages.items():
+        assert name in pins, f"{env_file.name}: {name} is not pinned in requirements.txt"
+        assert version == pins[name], f"{env_file.name}: {name}={version}, requirements.txt: {pins[name]}"
+
+
+@pytest.mark.parametrize("env_file", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_env_installs_the_cinderseg_package(env_file: Path) -> None:
+    deploy = env_file.with_suffix(".post-deploy.sh")
+    text = deploy.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert 'pip install --no-deps --no-build-isolation -e "${CINDERSEG_ROOT:?' in text
+    assert (
+        'os.environ["CINDERSEG_ROOT"] = str(Path(workflow.basedir).resolve())'
+        in (REPO / "rules" / "common.smk").read_text()
+    )
+    assert "setuptools" in env_packages(env_file), "--no-build-isolation builds with the env's setuptools"
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_package_a_rule_imports_is_in_its_env(rule: str) -> None:
+    sections = RULES[rule]
+    script = (REPO / "rules" / sections["script"].strip('"')).resolve()
+    packages = env_packages(rule_env(sections))
+    needed = {distribution(module) for module in third_party_imports(script)}
+    assert needed, rule
+    assert needed <= set(packages), (
+        f"rule {rule}: {sorted(needed - set(packages))} missing from {sections['conda']}"
+    )
+
+
+def test_gis_and_report_envs_have_no_tensorflow() -> None:
+    """The GIS modules never import TensorFlow, and their environments do not carry it."""
+    for name, sections in RULES.items():
+        if rule_env(sections).name != "tf.yaml":
+            script = (REPO / "rules" / sections["script"].strip('"')).resolve()
+            assert not {"tensorflow", "keras"} & third_party_imports(script), name
+            assert not {"tensorflow", "keras"} & set(env_packages(rule_env(sections))), name
+
+
+def test_the_import_walk_follows_cinderseg_modules() -> None:
+    """The check above can fail: predict's script imports only cinderseg, yet needs TensorFlow."""
+    script = REPO / "scripts" / "predict.py"
+    assert {m.split(".")[0] for m in imported_modules(script)} - set(sys.stdlib_module_names) == {"cinderseg"}
+    assert {"keras", "rasterio", "numpy"} <= third_party_imports(script)

@@ -1,0 +1,244 @@
+"""The workflow on a real SLURM scheduler: config/tiny.yaml through ``--profile profiles/slurm``.
+
+A single-node cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd and munge on 127.0.0.1) is
+started for the session and stopped by PID, also when a test fails. Without SLURM installed these
+tests skip, except under CI (CI=true), where they fail: `make test` installs SLURM as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+from tests import slurm_cluster as cluster_lib
+from tests.workflow_helpers import REPO, write_config
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+RUN_ID = re.compile(r"SLURM run ID: (\S+)")
+RULE_BLOCK = re.compile(r"^(local)?rule (\w+):$", re.MULTILINE)
+JOB_ID = re.compile(r"^\s+jobid: (\d+)$", re.MULTILINE)
+# The settings of a cluster without accounting storage (see profiles/slurm/config.yaml), and a
+# 2-CPU node: at most 2 threads per job.
+CLUSTER_ARGS = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "5",
+    "--slurm-no-account",
+    "--slurm-keep-successful-logs",
+]
+
+
+@dataclass
+class SlurmRun:
+    """A finished ``snakemake --profile profiles/slurm`` run: its directory, output and return code."""
+
+    workdir: Path
+    returncode: int
+    output: str
+
+    def submissions(self) -> list[tuple[str, str, Path]]:
+        """(Snakemake job id, SLURM job id, SLURM log) of every submitted job, in order."""
+        return [(job, slurm, Path(log)) for job, slurm, log in SUBMITTED.findall(self.output)]
+
+    def rules_of_jobs(self) -> dict[str, str]:
+        """Snakemake job id -> rule name, for every job block the run printed (local ones too)."""
+        rules: dict[str, str] = {}
+        blocks = list(RULE_BLOCK.finditer(self.output))
+        for i, block in enumerate(blocks):
+            end = blocks[i + 1].start() if i + 1 < len(blocks) else len(self.output)
+            job = JOB_ID.search(self.output, block.end(), end)
+            if job:
+                rules[job.group(1)] = ("local:" if block.group(1) else "") + block.group(2)
+        return rules
+
+    def run_id(self) -> str:
+        match = RUN_ID.search(self.output)
+        assert match, self.output[-3000:]
+        return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_lib.Cluster]:
+    """A running single-node SLURM cluster for the session; stopped by PID at the end."""
+    missing = cluster_lib.missing_commands()
+    if missing:
+        reason = f"SLURM not installed (missing {', '.join(missing)}): `make test` as root installs it"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = cluster_lib.start(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster_lib.stop(cluster)
+
+
+def run_on_slurm(workdir: Path, cluster: cluster_lib.Cluster, *args: str, timeout_s: int = 1200) -> SlurmRun:
+    """snakemake --profile profiles/slurm in ``workdir`` on the repo's Snakefile, inside a timeout."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--directory",
+        str(workdir),
+        *CLUSTER_ARGS,
+        "--max-threads",
+        str(cluster.cpus),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=workdir, env=cluster.env, timeout=timeout_s
+    )
+    output = proc.stdout + "\n" + proc.stderr
+    (workdir / "snakemake.out").write_text(output)
+    return SlurmRun(workdir=workdir, returncode=proc.returncode, output=output)
+
+
+@pytest.fixture(scope="session")
+def slurm_tiny_run(slurm_cluster: cluster_lib.Cluster, tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
+    """config/tiny.yaml run to completion through SLURM."""
+    work = tmp_path_factory.mktemp("slurm_tiny")
+    shutil.copy(REPO / "config" / "tiny.yaml", work / "tiny.yaml")
+    run = run_on_slurm(work, slurm_cluster, "--configfile", "tiny.yaml")
+    assert run.returncode == 0, run.output[-6000:]
+    return run
+
+
+def squeue_states(cluster: cluster_lib.Cluster, run_id: str) -> dict[str, str]:
+    """SLURM job id -> state of the jobs named ``run_id`` that the controller still holds."""
+    proc = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T", "--name", run_id],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        check=True,
+    )
+    return dict(line.split("|") for line in proc.stdout.split())
+
+
+def test_every_job_but_the_local_ones_ran_as_a_slurm_job(
+    slurm_tiny_run: SlurmRun, slurm_cluster: cluster_lib.Cluster
+) -> None:
+    rules = slurm_tiny_run.rules_of_jobs()
+    submitted = slurm_tiny_run.submissions()
+    remote = {job for job, rule in rules.items() if not rule.startswith("local:")}
+    assert {job for job, _, _ in submitted} == remote and len(submitted) == len(remote) == 20
+    assert {rule for rule in rules.values() if rule.startswith("local:")} == {"local:all"}
+    assert {rules[job] for job in remote} == {
+        "synthetic_dem", "mask", "features", "tiles", "overview", "train",
+        "predict", "vectorize", "baseline", "evaluate", "metrics_summary",
+    }  # fmt: skip
+    slurm_ids = {slurm for _, slurm, _ in submitted}
+    assert len(slurm_ids) == len(submitted)
+    # The controller knows every one of them, under this run's name, as completed.
+    states = squeue_states(slurm_cluster, slurm_tiny_run.run_id())
+    assert {i: states.get(i) for i in slurm_ids} == dict.fromkeys(slurm_ids, "COMPLETED")
+    # Each job's SLURM log shows the job step that ran the rule.
+    for job, slurm, log in submitted:
+        text = log.read_text()
+        assert log.name == f"{slurm}.log" and f"rule_{rules[job]}" in log.parts
+        assert f"Finished jobid: 0 (Rule: {rules[job]})" in text or "Finished jobid" in text, text[-2000:]
+
+
+def _same_raster(a: Path, b: Path) -> None:
+    with rasterio.open(a) as ra, rasterio.open(b) as rb:
+        assert (ra.crs, ra.transform, ra.shape, ra.count, ra.dtypes, ra.nodata) == (
+            rb.crs, rb.transform, rb.shape, rb.count, rb.dtypes, rb.nodata,
+        ), a  # fmt: skip
+        assert ra.descriptions == rb.descriptions
+        np.testing.assert_array_equal(ra.read(), rb.read(), err_msg=str(a))
+
+
+def _same_vectors(a: Path, b: Path) -> None:
+    ga, gb = gpd.read_file(a), gpd.read_file(b)
+    assert ga.crs == gb.crs and list(ga.columns) == list(gb.columns), a
+    pd.testing.assert_frame_equal(ga.drop(columns="geometry"), gb.drop(columns="geometry"), check_exact=True)
+    assert ga.geometry.to_wkb().tolist() == gb.geometry.to_wkb().tolist(), a
+
+
+def test_gis_outputs_are_identical_to_a_local_run(slurm_tiny_run: SlurmRun, tiny_run: Path) -> None:
+    """Everything before training is deterministic: the cluster run must reproduce it exactly."""
+    here, there = tiny_run / "results", slurm_tiny_run.workdir / "results"
+    for region in ("tiny_train", "tiny_test"):
+        for step in ("dem", "masks", "features"):
+            _same_raster(here / step / f"{region}.tif", there / step / f"{region}.tif")
+        _same_vectors(
+            here / "synthetic" / f"{region}_cones.gpkg", there / "synthetic" / f"{region}_cones.gpkg"
+        )
+        _same_vectors(here / "baseline" / f"{region}.gpkg", there / "baseline" / f"{region}.gpkg")
+        assert (here / "tiles" / f"{region}.csv").read_bytes() == (
+            there / "tiles" / f"{region}.csv"
+        ).read_bytes()
+        with np.load(here / "tiles" / f"{region}.npz") as a, np.load(there / "tiles" / f"{region}.npz") as b:
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
+        ma = json.loads((here / "metrics" / f"{region}.json").read_text())
+        mb = json.loads((there / "metrics" / f"{region}.json").read_text())
+        assert ma["baseline"] == mb["baseline"], "the classical detector's accuracy is deterministic"
+
+
+def test_model_outputs_agree_with_a_local_run(slurm_tiny_run: SlurmRun, tiny_run: Path) -> None:
+    """Training is seeded but TensorFlow's CPU kernels need not sum in the same order in two
+    processes, so the model is compared by what must be equal (its training data, channels,
+    epochs) and its maps by closeness."""
+    here, there = tiny_run / "results", slurm_tiny_run.workdir / "results"
+    ca = json.loads((here / "models" / "unet" / "model_card.json").read_text())
+    cb = json.loads((there / "models" / "unet" / "model_card.json").read_text())
+    for key in ("training_regions", "channels", "tile_size", "encoder", "epochs_run", "data_fingerprint"):
+        assert ca[key] == cb[key], key
+    assert len(pd.read_csv(here / "models" / "unet" / "history.csv")) == len(
+        pd.read_csv(there / "models" / "unet" / "history.csv")
+    )
+    for region in ("tiny_train", "tiny_test"):
+        a, b = here / "predictions" / f"{region}.tif", there / "predictions" / f"{region}.tif"
+        with rasterio.open(a) as ra, rasterio.open(b) as rb:
+            assert (ra.crs, ra.transform, ra.shape) == (rb.crs, rb.transform, rb.shape)
+            pa, pb = ra.read(1, masked=True), rb.read(1, masked=True)
+        assert (pa.mask == pb.mask).all()
+        assert float(np.abs(pa - pb).mean()) < 0.02, region
+        assert len(gpd.read_file(there / "cones" / f"{region}.gpkg")) > 0
+
+
+def test_a_failing_rule_fails_the_run_with_its_log_and_is_retried(
+    slurm_cluster: cluster_lib.Cluster, tmp_path: Path
+) -> None:
+    """A corrupt DEM fails the dem job on the cluster: resubmitted --retries times, then the run
+    fails naming the rule's log, which holds the one-line cinderseg error."""
+    (tmp_path / "dem.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+    region = {"source": "file", "dem": "dem.tif", "role": "predict", "resolution_m": 30}
+    config = write_config(tmp_path, "bad.yaml", {"regions": {"vol": region}})
+    run = run_on_slurm(
+        tmp_path, slurm_cluster, "--configfile", config, "--retries", "2", "results/dem/vol.tif"
+    )
+    assert run.returncode != 0
+    submitted = run.submissions()
+    assert len(submitted) == 3, run.output[-4000:]
+    assert Counter(log.parts[-2] for _, _, log in submitted) == {"rule_dem": 3}
+    assert len({slurm for _, slurm, _ in submitted}) == 3
+    states = squeue_states(slurm_cluster, run.run_id())
+    assert {states.get(slurm) for _, slurm, _ in submitted} == {"FAILED"}
+    assert "Error in rule dem" in run.output and "results/logs/dem/vol.log" in run.output
+    log = (tmp_path / "results" / "logs" / "dem" / "vol.log").read_text()
+    assert "cinderseg: error:" in log and "not a readable raster" in log and "dem.tif" in log
+    assert not (tmp_path / "results" / "dem" / "vol.tif").exists()
