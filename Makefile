@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` (set up, then the default run) and
-# `make test` (set up, then linters and all tests). Both are idempotent.
+# `make test` (set up, then linters and all tests, the SLURM ones on a local cluster). Both are idempotent.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run test lint pytest setup bench clean
+.PHONY: run test lint pytest setup slurm bench clean
 
 setup: $(STAMP)
 
@@ -35,7 +35,12 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint pytest
+# Debian's slurmctld, slurmd, slurm-client and munge for tests/test_slurm.py (a real local SLURM),
+# installed when missing and this is root with apt-get; otherwise those tests skip (fail under CI).
+slurm: $(STAMP)
+	$(BIN)/python tests/slurm_cluster.py install
+
+test: lint slurm pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

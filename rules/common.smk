@@ -26,8 +26,9 @@ try:
 except ConfigError as err:
     sys.exit(f"cinderseg: error: {err}")
 
-# The checkout, for the post-deploy scripts of envs/ that install cinderseg into conda environments.
-os.environ["CINDERSEG_ROOT"] = str(Path(workflow.basedir).resolve())
+# The checkout, for the post-deploy scripts of envs/ that install cinderseg into conda environments
+# (Snakemake runs them in its own environment). Set here, never read: no `envvars:` needed.
+os.environ.update(CINDERSEG_ROOT=str(Path(workflow.basedir).resolve()))
 
 REGIONS = list(config["regions"])
 LABELLED = labelled_regions(config)
@@ -122,10 +123,18 @@ def region_role(wildcards):
     return config["regions"][wildcards.region]["role"]
 
 
-def train_runtime(wildcards):
-    """Runtime in minutes of the train step: the time budget plus a margin, else a day."""
+def per_attempt(amount):
+    """A resource (mem_mb, runtime in minutes) sized from the benchmarks, doubled on each retry: a
+    cluster job killed for memory or time is resubmitted (--retries) asking for more."""
+    return lambda wildcards, attempt: amount * 2 ** (attempt - 1)
+
+
+def train_runtime(wildcards, attempt):
+    """Runtime in minutes of the train step: the time budget plus a margin, else a day; doubled on
+    each retry (training resumes where the killed job stopped)."""
     budget = config["train"]["max_minutes"]
-    return int(budget * 1.25) + 30 if budget else 24 * 60
+    minutes = int(budget * 1.25) + 30 if budget else 24 * 60
+    return minutes * 2 ** (attempt - 1)
 
 
 def all_outputs(wildcards):

@@ -16,8 +16,8 @@ rule synthetic_dem:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(20),
     params:
         region=region_settings,
     script:
@@ -40,8 +40,8 @@ rule dem:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(30),
     params:
         region=region_settings,
         dem=config["dem"],

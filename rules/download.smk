@@ -20,7 +20,7 @@ rule download_tile:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=120,
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(120),
     script:
         "../scripts/download_tile.py"

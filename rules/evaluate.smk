@@ -26,8 +26,8 @@ rule evaluate:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(30),
     params:
         evaluate=config["evaluate"],
         threshold=config["vectorize"]["threshold"],
@@ -57,7 +57,7 @@ rule metrics_summary:
         "../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(5),
     script:
         "../scripts/metrics_summary.py"

@@ -15,8 +15,8 @@ rule features:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(30),
     params:
         features=config["features"],
     script:

@@ -16,8 +16,8 @@ rule mask:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     params:
         radius_field=lambda wildcards: config["regions"][wildcards.region][
             "radius_field"

@@ -16,8 +16,8 @@ rule predict:
         "../envs/tf.yaml"
     threads: TRAIN_THREADS
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(120),
     params:
         predict=predict_settings,
         channels=config["features"]["channels"],
@@ -60,8 +60,8 @@ rule vectorize:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(60),
     params:
         vectorize=config["vectorize"],
     script:
@@ -82,8 +82,8 @@ rule baseline:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=per_attempt(3000),
+        runtime=per_attempt(60),
     params:
         baseline=config["baseline"],
         ring_width_px=config["vectorize"]["ring_width_px"],

@@ -17,8 +17,8 @@ rule tiles:
         "../envs/gis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(20),
     params:
         tiling=config["tiling"],
         role=lambda wildcards: config["regions"][wildcards.region]["role"],
@@ -46,7 +46,7 @@ rule overview:
         "../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     script:
         "../scripts/overview.py"

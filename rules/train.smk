@@ -25,7 +25,7 @@ rule train:
         "../envs/tf.yaml"
     threads: TRAIN_THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=per_attempt(8000),
         runtime=train_runtime,
     params:
         model=config["model"],

@@ -197,3 +197,27 @@ def test_the_import_walk_follows_cinderseg_modules() -> None:
     script = REPO / "scripts" / "predict.py"
     assert {m.split(".")[0] for m in imported_modules(script)} - set(sys.stdlib_module_names) == {"cinderseg"}
     assert {"keras", "rasterio", "numpy"} <= third_party_imports(script)
+
+
+def test_post_deploy_script_installs_cinderseg_into_a_fresh_environment(tmp_path: Path) -> None:
+    """What Snakemake does after creating a conda env, done with a venv: activate it, run the
+    script with CINDERSEG_ROOT set; cinderseg then imports from the checkout in that environment."""
+    commands = {p.read_text().splitlines()[-1] for p in (REPO / "envs").glob("*.post-deploy.sh")}
+    assert len(commands) == 1, "the post-deploy scripts differ"
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    setuptools = requirements()["setuptools"]
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"setuptools=={setuptools}"], check=True)
+    env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "CINDERSEG_ROOT": str(REPO), "HOME": str(tmp_path)}
+    subprocess.run(["bash", str(REPO / "envs" / "gis.post-deploy.sh")], check=True, env=env, cwd=tmp_path)
+    where = subprocess.run(
+        [str(python), "-c", "import cinderseg.errors, cinderseg; print(cinderseg.__file__)"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout.strip()  # fmt: skip
+    assert Path(where) == REPO / "cinderseg" / "__init__.py"
+    unset = subprocess.run(
+        ["bash", str(REPO / "envs" / "tf.post-deploy.sh")], capture_output=True, text=True,
+        env={k: v for k, v in env.items() if k != "CINDERSEG_ROOT"},
+    )  # fmt: skip
+    assert unset.returncode != 0 and "CINDERSEG_ROOT" in unset.stderr
