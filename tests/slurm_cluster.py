@@ -99,7 +99,7 @@ def node_size() -> tuple[int, int]:
 
 def slurm_conf(root: Path, cpus: int, memory_mb: int) -> str:
     """The single-node slurm.conf: controller and node on 127.0.0.1, no accounting."""
-    host = socket.gethostname()
+    host = socket.gethostname().split(".")[0]  # slurmctld compares its short host name
     return f"""{MARKER}: a single-node test cluster, state in {root}
 ClusterName=cinderseg
 SlurmctldHost={host}(127.0.0.1)
@@ -251,9 +251,13 @@ def _port_open(port: int) -> bool:
 def stop(cluster: Cluster, timeout_s: float = 30) -> None:
     """Cancel leftover jobs, stop the daemons by PID (TERM, then KILL) and remove the config."""
     if cluster.pids.get("slurmctld") and _alive(cluster.pids["slurmctld"]):
+        # Cancel what is left and wait until the jobs' processes (slurmstepd) have ended.
         subprocess.run(
             ["scancel", "--full", "--user", "root"], capture_output=True, env=cluster.env, timeout=30
         )
+        deadline = time.monotonic() + timeout_s
+        while _active_jobs(cluster) and time.monotonic() < deadline:
+            time.sleep(0.5)
     for name in ("slurmd", "slurmctld", "munged"):
         pid = cluster.pids.get(name)
         if pid is None or not _alive(pid):
@@ -268,6 +272,18 @@ def stop(cluster: Cluster, timeout_s: float = 30) -> None:
                 time.sleep(0.1)
     if SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text():
         SLURM_CONF.unlink()
+
+
+def _active_jobs(cluster: Cluster) -> list[str]:
+    """Ids of the jobs not yet finished (pending, running, completing)."""
+    proc = subprocess.run(
+        ["squeue", "--noheader", "--format=%i", "--states=PENDING,RUNNING,COMPLETING,CONFIGURING,SUSPENDED"],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=30,
+    )
+    return proc.stdout.split() if proc.returncode == 0 else []
 
 
 def _from_pids(root: Path) -> Cluster:

@@ -31,7 +31,8 @@ def dry_run_resources(tmp_path: Path, name: str) -> dict[str, list[dict[str, str
     (tmp_path / "tiny.yaml").write_text((REPO / "config" / "tiny.yaml").read_text())
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile",
-         str(PROFILES / name), "--directory", str(tmp_path), "--configfile", "tiny.yaml", "--dry-run"],
+         str(PROFILES / name), "--directory", str(tmp_path), "--configfile", "tiny.yaml", "--dry-run",
+         "--cores", "64"],  # a dry run caps threads at 1 core unless told; a cluster run has no cap
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,24 +277,31 @@ def test_model_outputs_agree_with_a_local_run(slurm_tiny_run: SlurmRun, tiny_run
 def test_a_failing_rule_fails_the_run_with_its_log_and_is_retried(
     slurm_cluster: cluster_lib.Cluster, tmp_path: Path
 ) -> None:
-    """A corrupt DEM fails the dem job on the cluster: resubmitted --retries times, then the run
+    """A corrupt DEM fails the dem job on the cluster: resubmitted once (--retries 1), then the run
     fails naming the rule's log, which holds the one-line cinderseg error."""
     (tmp_path / "dem.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 8)
     region = {"source": "file", "dem": "dem.tif", "role": "predict", "resolution_m": 30}
     config = write_config(tmp_path, "bad.yaml", {"regions": {"vol": region}})
     run = run_on_slurm(
-        tmp_path, slurm_cluster, "--configfile", config, "--retries", "2", "results/dem/vol.tif"
+        tmp_path, slurm_cluster, "--configfile", config, "--retries", "1", "results/dem/vol.tif"
     )
     assert run.returncode != 0
     submitted = run.submissions()
-    assert len(submitted) == 3, run.output[-4000:]
-    assert Counter(log.parts[-2] for _, _, log in submitted) == {"rule_dem": 3}
-    assert len({slurm for _, slurm, _ in submitted}) == 3
+    assert len(submitted) == 2, run.output[-4000:]
+    assert all(log.parts[-3:-1] == ("rule_dem", "vol") for _, _, log in submitted)
+    assert len({slurm for _, slurm, _ in submitted}) == 2
     jobs = squeue_jobs(slurm_cluster, run.run_id())
-    assert [jobs[slurm]["state"] for _, slurm, _ in submitted] == ["FAILED"] * 3
-    # Each retry asks for twice the memory (rules/common.smk: per_attempt).
-    assert [jobs[slurm]["memory"] for _, slurm, _ in submitted] == ["2000M", "4000M", "8000M"]
-    assert "Error in rule dem" in run.output and "results/logs/dem/vol.log" in run.output
+    assert [jobs[slurm]["state"] for _, slurm, _ in submitted] == ["FAILED"] * 2
+    # The retry asks for twice the memory and time (rules/common.smk: per_attempt).
+    assert [(jobs[slurm]["memory"], jobs[slurm]["time_limit"]) for _, slurm, _ in submitted] == [
+        ("2000M", "30:00"),
+        ("4000M", "1:00:00"),
+    ]
+    # The run names the rule's log and each attempt's SLURM log, and prints them (show-failed-logs):
+    # the job's one-line error is in the output.
+    assert "Trying to restart job" in run.output and "Error in rule dem" in run.output
+    assert "log: results/logs/dem/vol.log, " + str(submitted[-1][2]) in run.output
+    assert "cinderseg: error: DEM of region 'vol': not a readable raster: dem.tif" in run.output
     log = (tmp_path / "results" / "logs" / "dem" / "vol.log").read_text()
-    assert "cinderseg: error:" in log and "not a readable raster" in log and "dem.tif" in log
+    assert "ERROR cinderseg: DEM of region 'vol': not a readable raster: dem.tif" in log
     assert not (tmp_path / "results" / "dem" / "vol.tif").exists()
