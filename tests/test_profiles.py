@@ -6,7 +6,7 @@ Dry runs of config/tiny.yaml through each profile show what every job would ask 
 from __future__ import annotations
 
 import re
-import sys
+import subprocess
 from importlib.metadata import requires, version
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.workflow_helpers import REPO
+from tests.workflow_helpers import REPO, snakemake_command
 
 PROFILES = REPO / "profiles"
 JOB = re.compile(r"^rule (\w+):\n((?:    .*\n)+)", re.MULTILINE)
@@ -26,15 +26,10 @@ def profile(name: str) -> dict:
 
 def dry_run_resources(tmp_path: Path, name: str) -> dict[str, list[dict[str, str]]]:
     """rule -> the resources (and threads) of each of its jobs in a dry run of tiny.yaml."""
-    import subprocess
-
     (tmp_path / "tiny.yaml").write_text((REPO / "config" / "tiny.yaml").read_text())
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile",
-         str(PROFILES / name), "--directory", str(tmp_path), "--configfile", "tiny.yaml", "--dry-run",
-         "--cores", "64"],  # a dry run caps threads at 1 core unless told; a cluster run has no cap
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+    # A dry run caps threads at 1 core unless told; a cluster run has no cap.
+    cmd = snakemake_command(tmp_path, "--configfile", "tiny.yaml", "--dry-run", profile=name, cores=64)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs: dict[str, list[dict[str, str]]] = {}
     for match in JOB.finditer(proc.stdout + proc.stderr):

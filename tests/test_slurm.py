@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 import rasterio
 
 from tests import slurm_cluster as cluster_lib
-from tests.workflow_helpers import REPO, write_config
+from tests.workflow_helpers import REPO, snakemake_command, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
@@ -91,22 +90,9 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_
 
 
 def run_on_slurm(workdir: Path, cluster: cluster_lib.Cluster, *args: str, timeout_s: int = 1200) -> SlurmRun:
-    """snakemake --profile profiles/slurm in ``workdir`` on the repo's Snakefile, inside a timeout."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--workflow-profile",
-        str(REPO / "profiles" / "slurm"),
-        "--directory",
-        str(workdir),
-        *CLUSTER_ARGS,
-        "--max-threads",
-        str(LOCAL_CORES),
-        *args,
-    ]
+    """snakemake --workflow-profile profiles/slurm in ``workdir`` on the repo's Snakefile, in a timeout."""
+    threads = ["--max-threads", str(LOCAL_CORES)]
+    cmd = snakemake_command(workdir, *CLUSTER_ARGS, *threads, *args, profile="slurm", cores=None)
     proc = subprocess.run(
         cmd, capture_output=True, text=True, cwd=workdir, env=cluster.env, timeout=timeout_s
     )

@@ -15,22 +15,19 @@ JOB_LINE = re.compile(r"^(?:local)?rule (\w+):$")
 WILDCARDS_LINE = re.compile(r"^\s+wildcards: (.*)$")
 
 
+def snakemake_command(
+    workdir: Path, *args: str, profile: str = "default", cores: int | None = 2
+) -> list[str]:
+    """The snakemake command line for the repo's Snakefile in ``workdir`` with ``profiles/<profile>``
+    as the workflow profile (``cores`` None: no --cores, as on a cluster)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    cmd += ["--workflow-profile", str(REPO / "profiles" / profile), "--directory", str(workdir)]
+    return cmd + (["--cores", str(cores)] if cores is not None else []) + list(args)
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run snakemake on the repo's Snakefile in ``workdir`` with the repo's workflow profile."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--workflow-profile",
-        str(REPO / "profiles" / "default"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_command(workdir, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(
