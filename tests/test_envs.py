@@ -165,7 +165,7 @@ def test_env_installs_the_cinderseg_package(env_file: Path) -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     assert 'pip install --no-deps --no-build-isolation -e "${CINDERSEG_ROOT:?' in text
     assert (
-        'os.environ["CINDERSEG_ROOT"] = str(Path(workflow.basedir).resolve())'
+        "os.environ.update(CINDERSEG_ROOT=str(Path(workflow.basedir).resolve()))"
         in (REPO / "rules" / "common.smk").read_text()
     )
     assert "setuptools" in env_packages(env_file), "--no-build-isolation builds with the env's setuptools"
