@@ -4,6 +4,7 @@ from pathlib import Path
 
 from cinderseg.config import (
     check_input_files,
+    check_writable,
     labelled_regions,
     region_names,
     validate_config,
@@ -21,6 +22,7 @@ def _config_source():
 try:
     config = validate_config(config, source=_config_source())
     check_input_files(config, source=_config_source())
+    check_writable(["results", "resources"])
 except ConfigError as err:
     sys.exit(f"cinderseg: error: {err}")
 
