@@ -73,7 +73,8 @@ def write_failure(err: BaseException, path: str | os.PathLike[str] | None = None
     for exc in _chain(err):
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
             where = exc.filename or path or "an output"
-            return OutputError(f"cannot write {where}: {exc.strerror}; {WRITE_ERRNOS[exc.errno]}")
+            verb = "cannot access" if exc.errno in (errno.EACCES, errno.EPERM) else "cannot write"
+            return OutputError(f"{verb} {where}: {exc.strerror}; {WRITE_ERRNOS[exc.errno]}")
     if path is None or not any(_io_like(exc) for exc in _chain(err)):
         return None
     folder = Path(path).parent

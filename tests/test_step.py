@@ -51,21 +51,22 @@ def test_temporaries_of_killed_writers_are_removed_but_not_those_of_live_ones(tm
 
 
 @pytest.mark.parametrize(
-    ("code", "advice"),
-    [(errno.ENOSPC, "free some disk space"), (errno.EROFS, "read-only"), (errno.EACCES, "permissions")],
+    ("code", "start", "advice"),
+    [
+        (errno.ENOSPC, "cannot write", "free some disk space"),
+        (errno.EROFS, "cannot write", "read-only"),
+        (errno.EACCES, "cannot access", "permissions"),
+    ],
 )
-def test_write_failures_are_named(code: int, advice: str) -> None:
-    err = OSError(code, os.strerror(code), "results/x.tif")
-    failure = write_failure(RuntimeError("wrapped"), None)
-    assert failure is None
+def test_write_failures_are_named(code: int, start: str, advice: str) -> None:
+    assert write_failure(RuntimeError("not an I/O error")) is None
     try:
-        raise RuntimeError("while writing") from err
+        raise RuntimeError("while writing") from OSError(code, os.strerror(code), "results/x.tif")
     except RuntimeError as wrapped:
         failure = write_failure(wrapped)
     assert isinstance(failure, OutputError)
-    assert str(failure).startswith(f"cannot write results/x.tif: {os.strerror(code)}") and advice in str(
-        failure
-    )
+    message = str(failure)
+    assert message.startswith(f"{start} results/x.tif: {os.strerror(code)}") and advice in message
 
 
 def test_a_failed_write_on_a_disk_with_room_is_not_called_a_full_disk(tmp_path: Path) -> None:
