@@ -144,11 +144,11 @@ def test_a_killed_download_resumes_and_the_tile_is_whole(
 def test_a_second_run_at_once_stops_at_the_lock_and_the_first_is_unharmed(
     tiny_run: Path, tmp_path: Path
 ) -> None:
-    target = "results/predictions/tiny_test.tif"
-    work = copy_of(tiny_run, tmp_path, target)
+    prediction, cones = "results/predictions/tiny_test.tif", "results/cones/tiny_test.gpkg"
+    work = copy_of(tiny_run, tmp_path, prediction, cones)  # the first run: predict, then vectorize
     with open(tmp_path / "first.err", "w") as err:
         first = subprocess.Popen(
-            snakemake_command(work, target, "--configfile", "tiny.yaml"), cwd=work, stdout=subprocess.DEVNULL,
+            snakemake_command(work, cones, "--configfile", "tiny.yaml"), cwd=work, stdout=subprocess.DEVNULL,
             stderr=err, text=True,
         )  # fmt: skip
         try:
@@ -157,7 +157,7 @@ def test_a_second_run_at_once_stops_at_the_lock_and_the_first_is_unharmed(
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             assert first.poll() is None, "the first run ended before its predict job started"
-            second = snakemake(work, target, "--configfile", "tiny.yaml", check=False)
+            second = snakemake(work, cones, "--configfile", "tiny.yaml", check=False)
             assert first.poll() is None, "the second run must stop while the first still runs"
             assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-3000:]
         finally:
@@ -166,7 +166,10 @@ def test_a_second_run_at_once_stops_at_the_lock_and_the_first_is_unharmed(
                 first.wait()
     assert second.returncode != 0 and LOCKED in second.stderr
     assert "rule predict:" not in second.stdout + second.stderr, "the second run started no job"
-    assert np.array_equal(read_band(work / target), read_band(tiny_run / target))
+    assert np.array_equal(read_band(work / prediction), read_band(tiny_run / prediction))
+    assert len(gpd.read_file(work / cones, layer="cones")) == len(
+        gpd.read_file(tiny_run / cones, layer="cones")
+    )
 
 
 # --- a full disk and a read-only results/ (a tmpfs of a few MB mounted over results/; needs root) -------
