@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from cinderseg.errors import ConfigError
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 REGION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 ROLES_WITH_LABELS = ("train", "test")
+#: File name of the model card beside a trained model (as cinderseg.predict.CARD_NAME).
+MODEL_CARD = "model_card.json"
+#: Keyword values of ``model.encoder_weights`` (as cinderseg.model.WEIGHT_KEYWORDS); else a file path.
+WEIGHT_KEYWORDS = ("pretrained", "imagenet", "none")
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -81,6 +86,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if "propertyNames" in error.schema_path:
         return (
             f"{key}: region name {error.instance!r} may contain only letters, digits, '-' and '_' "
+            "(it becomes part of file paths)"
+        )
+    if v == "pattern" and key.endswith("_url"):
+        return f"{key}: {error.instance!r} is not an http(s) URL (downloads are over http or https only)"
+    if v == "pattern" and error.validator_value == REGION_NAME.pattern:
+        return (
+            f"{key}: {error.instance!r} may contain only letters, digits, '-' and '_' "
             "(it becomes part of file paths)"
         )
     if v == "required":
@@ -252,3 +264,40 @@ def check_input_files(cfg: Mapping[str, Any], *, source: str = "config", base: s
     model = cfg.get("predict", {}).get("model")
     if model and not (Path(base) / model).is_file():
         raise ConfigError(f"{source}: predict.model: model file not found: {model}")
+    if model and not (Path(base) / model).with_name(MODEL_CARD).is_file():
+        raise ConfigError(
+            f"{source}: predict.model: model card not found beside the model: "
+            f"{Path(model).with_name(MODEL_CARD)} (give a model trained by cinderseg, with its card)"
+        )
+    settings = cfg.get("model", {})
+    weights = settings.get("encoder_weights", "pretrained")
+    if (
+        any(region["role"] == "train" for region in cfg["regions"].values())
+        and settings.get("encoder", "unet_small") != "unet_small"
+        and isinstance(weights, str)
+        and weights.strip().lower() not in WEIGHT_KEYWORDS
+        and not (Path(base) / Path(weights).expanduser()).is_file()
+    ):
+        raise ConfigError(f"{source}: model.encoder_weights: weights file not found: {weights}")
+
+
+def check_writable(dirs: Sequence[str | Path], *, base: str | Path = ".") -> None:
+    """Fail early, with one line, when an output folder (``results``, ``resources``) cannot be written.
+
+    A folder that does not exist yet is checked through its nearest existing parent (nothing is
+    created). A small file is written and removed, so a read-only file system, missing permissions
+    or an immutable folder are found before any job runs; a full disk is found by the job (the
+    step's error names the file).
+    """
+    for name in dirs:
+        folder = Path(base) / name
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".cinderseg-write-check"):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"{name}/: cannot write in {folder} ({err.strerror}); run in a writable directory, "
+                "or fix the permissions"
+            ) from err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import http.client
 import json
 import logging
@@ -36,7 +37,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
-from cinderseg.errors import InputError
+from cinderseg.errors import InputError, write_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +50,8 @@ USER_AGENT = "cinderseg (USGS 3DEP tile download; Python urllib)"
 MAX_BACKOFF_S = 300.0
 #: HTTP statuses worth another attempt; every other 4xx is final.
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: errno values of writing the partial file that end the download at once (full disk, read-only).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 #: Largest JSON answer accepted from the TNM API (bytes).
 MAX_JSON_BYTES = 20 * 1024 * 1024
 
@@ -320,6 +323,8 @@ def _with_retries(
                 else f"network error: {reason}"
             )
         except (OSError, http.client.HTTPException) as err:
+            if getattr(err, "errno", None) in DISK_ERRNOS:  # a full disk: retrying cannot help
+                raise write_failure(err) or err from err
             last = f"connection error: {type(err).__name__}: {err}".rstrip(": ")
     raise InputError(
         f"{what}: download from {url} failed after {attempts} attempt{'s' if attempts > 1 else ''} ({last}); "

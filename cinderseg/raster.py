@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,29 +21,63 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from cinderseg.errors import InputError
+from cinderseg.errors import CinderSegError, InputError, write_failure
 
 NODATA_FLOAT = -9999.0
 MASK_NODATA = 255
 BLOCK_PX = 256
 
 
+def _temporary_name(final: Path, pid: int) -> Path:
+    return final.with_name(f".{final.stem}.tmp{pid}{final.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporaries of ``final`` left by writers that were killed (their process is gone)."""
+    pattern = re.compile(rf"^\.{re.escape(final.stem)}\.tmp(\d+){re.escape(final.suffix)}$")
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for p in final.parent.iterdir():
+            match = pattern.match(p.name)
+            if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
 
-    The temporary name keeps the suffix so that drivers chosen by extension still work.
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    The temporary name (``.{stem}.tmp{pid}{suffix}``) keeps the suffix so that drivers chosen by
+    extension still work. Temporaries of ``path`` left by a killed writer are removed first. On any
+    exception the temporary file is removed and ``path`` is left untouched; a full disk or a
+    read-only folder becomes an OutputError naming ``path``.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+    tmp = _temporary_name(final, os.getpid())
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
+        failure = write_failure(err, final) if isinstance(err, Exception) else None
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if failure is not None and not isinstance(err, CinderSegError):
+            raise failure from err
         raise
 
 

@@ -11,9 +11,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
-from cinderseg.errors import CinderSegError
+from cinderseg.errors import CinderSegError, write_failure
 
 T = TypeVar("T")
 log = logging.getLogger("cinderseg")
@@ -41,12 +41,25 @@ def setup_logging(log_path: str | Path | None) -> None:
     logging.captureWarnings(True)
 
 
+def _fail(err: CinderSegError) -> NoReturn:
+    log.error("%s", err)
+    print(f"cinderseg: error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+
+
 def run_step(log_path: str | Path | None, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``func`` with logging set up; turn a CinderSegError into one line on stderr and exit 1.
 
-    Unexpected exceptions keep their traceback (in the log and on stderr): they are bugs.
+    So is a write that no retry fixes (full disk, read-only or unwritable folder). Other unexpected
+    exceptions keep their traceback (in the log and on stderr): they are bugs.
     """
-    setup_logging(log_path)
+    try:
+        setup_logging(log_path)
+    except OSError as err:
+        failure = write_failure(err, log_path)
+        if failure is None:
+            raise
+        _fail(failure)
     os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHEMAX_MB)
     name = getattr(func, "__name__", str(func))
     log.info("start %s", name)
@@ -54,10 +67,11 @@ def run_step(log_path: str | Path | None, func: Callable[..., T], *args: Any, **
     try:
         result = func(*args, **kwargs)
     except CinderSegError as err:
-        log.error("%s", err)
-        print(f"cinderseg: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    except Exception:
+        _fail(err)
+    except Exception as err:
+        failure = write_failure(err)
+        if failure is not None:
+            _fail(failure)
         log.exception("unexpected error in %s", name)
         raise
     log.info("done %s in %.1f s", name, time.perf_counter() - started)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from cinderseg.config import (
     check_input_files,
+    check_writable,
     labelled_regions,
     region_names,
     validate_config,
@@ -23,6 +24,7 @@ def _config_source():
 try:
     config = validate_config(config, source=_config_source())
     check_input_files(config, source=_config_source())
+    check_writable(["results", "resources"])
 except ConfigError as err:
     sys.exit(f"cinderseg: error: {err}")
 

@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The local USGS 3DEP server's fixtures (served, server, settings), for the download and fault tests.
+pytest_plugins = ["tests.usgs_server"]
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +42,72 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def job_processes(snakemake_pid: int, script: str) -> list[psutil.Process]:
+    """The running jobs of a snakemake process whose script is ``script`` (e.g. ``predict.py``)."""
+    found = []
+    try:
+        children = psutil.Process(snakemake_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for p in children:
+        with contextlib.suppress(psutil.Error):
+            if any(part.endswith(f".{script}") for part in p.cmdline()):
+                found.append(p)
+    return found
+
+
+@dataclass
+class Interrupted:
+    """What :func:`kill_during` saw: the exit status and stderr of snakemake, and the job it killed."""
+
+    returncode: int
+    stderr: str
+    killed_pid: int | None
+
+
+def kill_during(
+    workdir: Path,
+    args: Sequence[str],
+    script: str,
+    ready: Callable[[], bool],
+    *,
+    whole_run: bool = False,
+    timeout_s: float = 300,
+) -> Interrupted:
+    """Run snakemake; as soon as ``ready()`` holds while a job of ``script`` runs, SIGKILL that job.
+
+    ``whole_run``: SIGKILL snakemake itself and its jobs together (its process group), as a lost
+    login node or ``kill -9`` of the run would; else only the job, as the OOM killer or a cluster's
+    time limit would.
+    """
+    with tempfile.TemporaryFile(mode="w+") as err:  # a file: a pipe left unread would block snakemake
+        proc = subprocess.Popen(
+            snakemake_command(workdir, *args), cwd=workdir, stdout=subprocess.DEVNULL, stderr=err,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        killed = None
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and proc.poll() is None:
+                jobs = job_processes(proc.pid, script)
+                if jobs and ready():
+                    killed = jobs[0].pid
+                    if whole_run:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    else:
+                        os.kill(killed, signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+            proc.wait(timeout=timeout_s)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    return Interrupted(proc.returncode, stderr, killed)
 
 
 def write_config(workdir: Path, name: str, cfg: dict[str, Any]) -> str:
