@@ -37,8 +37,10 @@ pytest: $(STAMP)
 
 test: lint pytest
 
+# The benchmark suite (bench/README.md), under 20 minutes on 2 cores; `make bench QUICK=1` is the
+# minute-long variant of the smoke test; BENCH_ARGS passes other options (e.g. --only memory).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf results .snakemake

@@ -5,13 +5,15 @@ figures beside (see bench/README.md for what each does and the latest numbers):
 
 1. ``end_to_end``: the default demo, ``snakemake --cores all`` from an empty ``results/``, and each
    step's share (:mod:`bench.workflow`);
-2. ``prediction``: our predictor against the tutorial's (tile loop and in-memory), km2/s, tiles/s,
-   IoU (:mod:`bench.predict_speed`);
+2. ``prediction``: our predictor against the tutorial's (every 224 px tile at step 112, one by one),
+   km2/s, tiles/s, IoU, on a 3200 x 2000 px synthetic region (:mod:`bench.predict_speed`);
 3. ``compute``: peak float32 matmul rate against the effective FLOP rate of inference, and our
    predictor's time by phase (:mod:`bench.compute`);
 4. ``memory``: peak RSS of dem, mask, features, tiles and predict, and of the tutorial's in-memory
    tiling, on regions of 1x, 4x and 16x the area (:mod:`bench.gis_memory`);
-5. ``training``: training tiles/s of each encoder, frozen and fine-tuned (:mod:`bench.model_speed`);
+5. ``training``: training tiles/s of each encoder (``--encoders``; default unet_small and
+   hed_vgg16: the keras.applications encoders' graphs take 1-2 minutes each to trace on 2 cores),
+   frozen and fine-tuned (:mod:`bench.model_speed`);
 6. ``dry_run``: Snakemake's dry run with everything up to date, 1, 10 and 50 regions;
 7. ``incremental``: reruns after changing a threshold, a hyperparameter, adding a region.
 
@@ -44,8 +46,7 @@ NUMBER = {
         ("end_to_end", "prediction", "compute", "memory", "training", "dry_run", "incremental"), start=1
     )
 }
-DEFAULT_ENCODERS = ["unet_small", "hed_vgg16", "mobilenet_v2"]
-VARIANTS = ("ours", "tutorial", "tutorial_in_memory")
+DEFAULT_ENCODERS = ["unet_small", "hed_vgg16"]
 
 
 def run_json(code: str) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def rows_prediction(r: dict[str, Any]) -> list[dict[str, str]]:
     base = next(x for x in r["rows"] if x["variant"] == "tutorial")
     rows = []
     for x in r["rows"]:
-        label = "1-pass tile loop (reference)" if x["variant"] == "tutorial" else x["variant"]
+        label = "tutorial tile loop (reference)" if x["variant"] == "tutorial" else x["variant"]
         rows.append(
             _row(
                 "2 prediction" if not rows else "",
@@ -180,7 +181,10 @@ def rows_memory(r: dict[str, Any]) -> list[dict[str, str]]:
     runs = r["runs"]
     sizes = " / ".join(f"{run['area_factor']:g}x" for run in runs)
     px = " / ".join(f"{run['dem_px'][0]}x{run['dem_px'][1]}" for run in runs)
-    rows = [_row("4 memory", f"regions {sizes} area (DEM px)", px)]
+    rows = [
+        _row("4 memory", f"regions {sizes} area (DEM px)", px),
+        _row("", "  a process importing the GIS modules", f"{r['import_only_peak_rss_mb']:.0f} MiB"),
+    ]
     for step in runs[0]["steps"]:
         peaks = " / ".join(f"{run['steps'][step]['peak_rss_mb']:.0f}" for run in runs)
         label = "tutorial in-memory tiling" if step == "tutorial_tiling" else step
@@ -222,7 +226,8 @@ def rows_dry_run(r: dict[str, Any]) -> list[dict[str, str]]:
     return [
         _row(
             "6 dry run" if i == 0 else "",
-            f"up to date, {x['regions']} region(s), {x['outputs']} outputs",
+            f"up to date, {x['regions']} region(s), "
+            + (f"{x['outputs']} outputs" if x["outputs"] else "the end-to-end run's folder after the reruns"),
             f"{x['dry_run_seconds']:.1f} s",
             f"{first['regions']} region: {first['dry_run_seconds']:.1f} s",
             f"{x['ratio_to_first']:.2f}x",
@@ -351,7 +356,15 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         elif name == "dry_run":
             from bench.workflow import bench_dry_run_overhead
 
-            m[name] = bench_dry_run_overhead(args.work, (1,) if args.quick else (1, 10, 50))
+            completed = None
+            if "incremental" in m and not m["incremental"].get("skipped"):
+                completed = (e2e_dir, m["incremental"]["reruns"][-1]["configfile"])
+            m[name] = bench_dry_run_overhead(
+                args.work,
+                (1,) if args.quick else (1, 10, 50),
+                repeats=1 if args.quick else 3,
+                completed=completed,
+            )
         elif name == "prediction":
             model = bench_model(args, m)
             m[name] = call(
@@ -361,8 +374,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 work=args.work / "predict_speed",
                 model=model,
-                raster_px=(640, 448) if args.quick else (4000, 2500),
-                variants=("ours", "tutorial") if args.quick else VARIANTS,
+                raster_px=(640, 448) if args.quick else (3200, 2000),
+                variants=("ours", "tutorial"),
                 in_process=args.quick,
             )
         elif name == "compute":
@@ -378,7 +391,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             )
             m[name] = {"benchmark": "compute", **efficiency(facts, m["prediction"]), "facts": facts}
         elif name == "memory":
-            sizes = [256] if args.quick else [1000, 2000, 4000]
+            sizes = [256] if args.quick else [800, 1600, 3200]
             m[name] = call(
                 "bench.gis_memory",
                 "bench_memory_scaling",
