@@ -21,7 +21,8 @@ The model of 2-4 is the one the end-to-end run trained (the default config's); w
 (``--only``, ``--quick``) ``--model`` names one, else a small one is trained first. ``--quick`` is
 the smoke test's variant: small rasters, unet_small only, and no workflow runs (1 and 7 skipped, the
 dry run with 1 region), a minute or so. Every TensorFlow measurement runs in its own process with
-``--threads`` threads. Results are written after each measurement (a partial file survives a failure).
+``--threads`` threads (with ``--quick`` some run in this one, saving TensorFlow start-ups). Results
+are written after each measurement (a partial file survives a failure).
 """
 
 from __future__ import annotations
