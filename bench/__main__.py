@@ -1,6 +1,6 @@
-"""``python -m bench [--quick]``: run the benchmarks, print a table, write bench/results.json."""
+"""``python -m bench [--quick]``: run the benchmark suite, print one table, write bench/results.json."""
 
-from bench.gis_memory import main
+from bench.suite import main
 
 if __name__ == "__main__":
     main()

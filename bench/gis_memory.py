@@ -59,15 +59,57 @@ STEPS: dict[str, tuple[str, str, str]] = {
         "TilingSettings(), role='train'",
     ),
 }
+# Steps of the memory-scaling benchmark beyond STEPS: the predict step (default settings) with a
+# trained model ({model}), and the tutorial's in-memory tiling of the whole region, for contrast.
+SCALING_STEPS: dict[str, tuple[str, str, str]] = {
+    "predict": (
+        "cinderseg.predict",
+        "predict_probability",
+        "'{work}/features.tif', '{model}', '{work}/probability.tif', PredictSettings(), threads={threads}",
+    ),
+    "tutorial_tiling": (
+        "bench.gis_memory",
+        "tutorial_tiling",
+        "'{work}/features.tif'",
+    ),
+}
+TILE, STEP = 224, 112
 
 
-def step_code(step: str, work: Path) -> str:
-    """Python source that runs one step the way the workflow's script does (through run_step)."""
-    module, function, arguments = STEPS[step]
+def step_code(step: str, work: Path, **fields: Any) -> str:
+    """Python source that runs one step the way the workflow's script does (through run_step);
+    ``fields`` fill the arguments' other placeholders ({model}, {threads})."""
+    module, function, arguments = {**STEPS, **SCALING_STEPS}[step]
     return (
+        "import os\nos.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')\n"
         f"from {module} import *\nfrom cinderseg.step import run_step\n"
-        f"run_step(None, {function}, {arguments.format(work=work)})\n"
+        f"run_step(None, {function}, {arguments.format(work=work, **fields)})\n"
     )
+
+
+def tutorial_tile_array(x: np.ndarray, tile: int = TILE, step: int = STEP) -> tuple[np.ndarray, int, int]:
+    """The tutorial's tiling: ``x`` (C, H, W) zero-padded to whole steps, cut by
+    ``skimage.util.view_as_windows`` into every ``tile`` px tile at ``step`` px, reshaped (copied) to
+    (N, tile, tile, C) float32, all in memory. Returns (tiles, tile rows, tile columns)."""
+    from skimage.util import view_as_windows
+
+    channels, height, width = x.shape
+    n_rows = -(-(max(height, tile) - tile) // step) + 1
+    n_cols = -(-(max(width, tile) - tile) // step) + 1
+    padded = np.zeros(((n_rows - 1) * step + tile, (n_cols - 1) * step + tile, channels), dtype="float32")
+    padded[:height, :width] = x.transpose(1, 2, 0)
+    tiles = view_as_windows(padded, (tile, tile, channels), step=step).reshape(-1, tile, tile, channels)
+    return tiles, n_rows, n_cols
+
+
+def tutorial_tiling(features: Path | str) -> dict[str, Any]:
+    """Read a whole features raster and tile it the tutorial's way (:func:`tutorial_tile_array`);
+    the tiles' shape and size in MiB."""
+    with rasterio.open(features) as ds:
+        x = ds.read(out_dtype="float32")
+    x[~np.isfinite(x)] = 0.0
+    tiles, _, _ = tutorial_tile_array(x)
+    return {"tiles_shape": list(tiles.shape), "tiles_mb": round(tiles.nbytes / 2**20, 1)}
 
 
 def write_source_dem(path: Path | str, size_px: int, seed: int = 0) -> tuple[float, float, float, float]:
@@ -141,21 +183,40 @@ def run_step(code: str) -> tuple[float, float]:
     return time.perf_counter() - started, peak_kb / 1024.0
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, cores, memory, load and library versions of this machine (TensorFlow's version
+    from its package metadata, so that this process need not import it); ``threads``: the
+    TensorFlow threads the benchmarks use."""
+    from importlib.metadata import PackageNotFoundError, version
+
     cpu = platform.processor()
+    mem_gib = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
+    versions = {}
+    for package in ("tensorflow", "keras", "snakemake"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "threads": threads,
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "numpy": np.__version__,
         "rasterio": rasterio.__version__,
+        **versions,
     }
 
 
@@ -183,6 +244,54 @@ def bench_gis_memory(size_px: int, work_root: Path = WORK) -> dict[str, Any]:
         "import_only_peak_rss_mb": round(baseline_mb, 1),
         "limit_mb": LIMIT_MB,
         "steps": rows,
+    }
+
+
+def bench_memory_scaling(
+    sizes_px: list[int], model: Path | str, work_root: Path = WORK, threads: int = 2
+) -> dict[str, Any]:
+    """Peak RSS and wall time of dem, mask, features, tiles and predict (``model``, default
+    settings) and of the tutorial's in-memory tiling, each in its own process, on square SRTM-like
+    sources of ``sizes_px`` (1x, 4x, 16x the area for n, 2n, 4n px); the growth of each step's peak
+    from the smallest to the largest region (1.0: flat)."""
+    runs = []
+    for size_px in sizes_px:
+        work = work_root / f"gis_{size_px}"
+        work.mkdir(parents=True, exist_ok=True)
+        source = work / "source.tif"
+        if not source.exists():
+            code = (
+                f"from bench.gis_memory import write_source_dem; write_source_dem({str(source)!r}, {size_px})"
+            )
+            subprocess.run([sys.executable, "-c", code], cwd=HERE.parent, check=True)
+        steps = {}
+        for step in [*STEPS, *SCALING_STEPS]:
+            seconds, peak_mb = run_step(step_code(step, work, model=model, threads=threads))
+            steps[step] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb, 1)}
+        with rasterio.open(work / "dem.tif") as dem:
+            shape = dem.shape
+        runs.append(
+            {
+                "source_px": size_px,
+                "dem_px": list(shape),
+                "area_factor": round(size_px**2 / sizes_px[0] ** 2, 2),
+                "features_float32_mb": round(shape[0] * shape[1] * 3 * 4 / 2**20, 1),
+                "steps": steps,
+            }
+        )
+    _, baseline_mb = run_step("import cinderseg.dem, cinderseg.features, cinderseg.tiles, cinderseg.mask")
+    growth = {
+        step: round(runs[-1]["steps"][step]["peak_rss_mb"] / runs[0]["steps"][step]["peak_rss_mb"], 2)
+        for step in runs[0]["steps"]
+    }
+    return {
+        "benchmark": "memory_scaling",
+        "threads": threads,
+        "model": str(model),
+        "import_only_peak_rss_mb": round(baseline_mb, 1),
+        "limit_mb": LIMIT_MB,
+        "runs": runs,
+        "peak_growth_largest_vs_smallest": growth,
     }
 
 

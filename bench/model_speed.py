@@ -80,6 +80,29 @@ def measure(
     }
 
 
+def bench_training(
+    encoders: list[str], *, threads: int, tile: int = 224, batch: int = 8, steps: int = 2, channels: int = 3
+) -> dict[str, Any]:
+    """Training (and inference) tiles/s of each encoder at ``tile`` px: pretrained encoders frozen and
+    fully fine-tuned, unet_small (no pretrained encoder) fully trained, with ``threads`` TensorFlow
+    threads as the train step sets them (:func:`cinderseg.train.configure_threads`)."""
+    from cinderseg.train import configure_threads
+
+    configure_threads(threads)
+    rows = []
+    for encoder in encoders:
+        for mode in ["all"] if encoder == "unet_small" else ["frozen", "all"]:
+            rows.append(measure(encoder, mode, tile=tile, batch=batch, steps=steps, channels=channels))
+    return {
+        "benchmark": "training",
+        "threads": threads,
+        "tile": tile,
+        "batch": batch,
+        "steps": steps,
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tile", type=int, default=224)

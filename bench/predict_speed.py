@@ -41,6 +41,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +96,21 @@ def make_region(folder: Path, width: int, height: int, seed: int) -> dict[str, P
     return paths
 
 
-def train_bench_model(folder: Path, minutes: float, threads: int) -> Path:
-    """A unet_small (schema defaults) trained for ``minutes`` on a 1024 px synthetic region, cached."""
+def train_bench_model(
+    folder: Path, minutes: float, threads: int, region_px: int = 1024, epochs: int | None = None
+) -> Path:
+    """A unet_small (schema defaults) trained for ``minutes`` (or ``epochs``) on a ``region_px``
+    square synthetic region, cached."""
     from cinderseg.tiles import TilingSettings, make_tiles
     from cinderseg.train import train_model
 
     model = folder / "model" / "model.keras"
     if model.exists():
         return model
-    region = make_region(folder / "train_region", 1024, 1024, seed=1)
+    region = make_region(folder / "train_region", region_px, region_px, seed=1)
     tiles, manifest = folder / "tiles.npz", folder / "tiles.csv"
-    make_tiles(region["features"], region["mask"], tiles, manifest, TilingSettings(), role="train")
+    tiling = TilingSettings() if region_px >= 1024 else TilingSettings(split_block_px=TILE)  # a small region
+    make_tiles(region["features"], region["mask"], tiles, manifest, tiling, role="train")
     train_model(
         [tiles],
         [manifest],
@@ -114,7 +119,7 @@ def train_bench_model(folder: Path, minutes: float, threads: int) -> Path:
         curves_path=model.with_name("training_curves.png"),
         card_path=model.with_name("model_card.json"),
         model_config={"encoder": "unet_small"},
-        train_config={"max_minutes": minutes},
+        train_config={"max_minutes": minutes, **({"epochs": epochs} if epochs else {})},
         tile_size=TILE,
         threads=threads,
     )
@@ -196,8 +201,8 @@ def predict_tutorial_in_memory(
     """The tutorial's in-memory variant: whole raster read, all 224 px tiles (step 112) cut with
     view_as_windows and held at once, predicted with model.predict, put back in order (overwriting)."""
     import rasterio
-    from skimage.util import view_as_windows
 
+    from bench.gis_memory import tutorial_tile_array
     from cinderseg.model import load_model
     from cinderseg.raster import NODATA_FLOAT
     from cinderseg.train import configure_threads
@@ -207,15 +212,11 @@ def predict_tutorial_in_memory(
     model = load_model(model_path, compile=False)
     with rasterio.open(features) as ds:
         x, bad = _nodata_to_zero(ds.read(), ds.nodata)
-    channels, height, width = x.shape
-    n_rows = -(-(height - TILE) // STEP) + 1
-    n_cols = -(-(width - TILE) // STEP) + 1
-    padded = np.zeros(((n_rows - 1) * STEP + TILE, (n_cols - 1) * STEP + TILE, channels), dtype="float32")
-    padded[:height, :width] = x.transpose(1, 2, 0)
+    _, height, width = x.shape
+    tiles, n_rows, n_cols = tutorial_tile_array(x, TILE, STEP)
     del x
-    tiles = view_as_windows(padded, (TILE, TILE, channels), step=STEP).reshape(-1, TILE, TILE, channels)
     pred = model.predict(tiles, batch_size=32, verbose=0)
-    out = np.zeros(padded.shape[:2], dtype="float32")
+    out = np.zeros(((n_rows - 1) * STEP + TILE, (n_cols - 1) * STEP + TILE), dtype="float32")
     for k in range(pred.shape[0]):
         r, c = (k // n_cols) * STEP, (k % n_cols) * STEP
         out[r : r + TILE, c : c + TILE] = pred[k, ..., 0]
@@ -228,12 +229,73 @@ def predict_tutorial_in_memory(
     }
 
 
+class PhaseTimer:
+    """Seconds spent in each phase of :func:`cinderseg.predict.predict_probability`, measured by
+    wrapping the functions it calls (in this process only): reading the features (GDAL read and
+    decompression), preparing windows (nodata mask, channels-last copy), the network
+    (``predict_on_batch``), blending (weighted sums and their normalisation), writing (copying into
+    GDAL's cache), overviews and closing the output (which flushes and compresses the blocks)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.network_pixels = 0
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _wrap(self, owner: Any, name: str, phase: str, count: Callable[..., None] | None = None) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+                if count is not None:
+                    count(*args)
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def __enter__(self) -> PhaseTimer:
+        import rasterio.io
+
+        import cinderseg.predict as predict
+
+        def pixels(_predictor: Any, x: np.ndarray, *rest: Any) -> None:
+            self.network_pixels += int(x.shape[0] * x.shape[1] * x.shape[2])
+
+        self._wrap(rasterio.io.DatasetReader, "read", "read features")
+        self._wrap(predict, "_read_window", "prepare windows")
+        self._wrap(predict, "predict_windows", "network", pixels)
+        self._wrap(predict._StripWriter, "add", "blend")
+        self._wrap(predict._StripWriter, "flush", "blend")
+        self._wrap(rasterio.io.DatasetWriter, "write", "write")
+        self._wrap(rasterio.io.DatasetWriter, "build_overviews", "overviews")
+        self._wrap(rasterio.io.DatasetWriter, "close", "close (flush, compress)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def phases(self, total_s: float, load_s: float) -> dict[str, float]:
+        """Exclusive seconds per phase (nested calls subtracted), model loading, and the rest of
+        ``total_s`` (the Python loop, window grid, atomic rename)."""
+        s = dict(self.seconds)
+        s["prepare windows"] = s.get("prepare windows", 0.0) - s.get("read features", 0.0)
+        s["blend"] = s.get("blend", 0.0) - s.get("write", 0.0)
+        s = {"load model": load_s, **s}
+        s["other (Python loop, setup)"] = total_s - sum(s.values())
+        return {k: round(v, 3) for k, v in s.items()}
+
+
 def predict_ours(features: Path, model_path: Path, out_path: Path, threads: int) -> dict[str, Any]:
-    """cinderseg.predict with the default settings."""
+    """cinderseg.predict with the default settings, its phases timed (:class:`PhaseTimer`)."""
     from cinderseg.predict import PredictSettings, predict_probability
 
     cpu = _cpu_seconds()
-    stats = predict_probability(features, model_path, out_path, PredictSettings(), threads=threads)
+    with PhaseTimer() as timer:
+        stats = predict_probability(features, model_path, out_path, PredictSettings(), threads=threads)
     return {
         "seconds": stats["seconds"],
         "cpu_seconds": _cpu_seconds() - cpu,
@@ -241,6 +303,8 @@ def predict_ours(features: Path, model_path: Path, out_path: Path, threads: int)
         "windows": stats["windows"],
         "window_shapes": stats["window_shapes"],
         "coverage": stats["coverage"],
+        "network_pixels": timer.network_pixels,
+        "phases_seconds": timer.phases(stats["seconds"], stats["load_seconds"]),
     }
 
 
@@ -320,16 +384,21 @@ def bench_predict_speed(
     train_minutes: float | None = None,
     repeats: int = 1,
     variants: tuple[str, ...] = VARIANTS,
+    model: Path | None = None,
+    raster_px: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Prepare (or reuse) the model and region, run every variant ``repeats`` times (interleaved; the
     fastest run of each counts, which evens out other load on the machine), score it; returns the
-    result dict. ``variants`` must include ``tutorial`` (the reference of the ratios)."""
+    result dict. ``variants`` must include ``tutorial`` (the reference of the ratios). ``model``: a
+    trained model (with its card) to use instead of training one; ``raster_px``: (width, height) of
+    the predicted region instead of the default size."""
     import rasterio
 
-    width, height = (1600, 1000) if quick else (6500, 4000)
+    width, height = raster_px or ((1600, 1000) if quick else (6500, 4000))
     minutes = train_minutes if train_minutes is not None else (0.5 if quick else 3.0)
     work.mkdir(parents=True, exist_ok=True)
-    model = train_bench_model(work / f"train_{minutes:g}min", minutes, threads)
+    if model is None:
+        model = train_bench_model(work / f"train_{minutes:g}min", minutes, threads)
     region = make_region(work / f"region_{width}x{height}", width, height, seed=7)
     with rasterio.open(region["features"]) as ds:
         pixel_km2 = abs(ds.transform.a * ds.transform.e) / 1e6
@@ -372,7 +441,7 @@ def bench_predict_speed(
             "encoder": card.get("encoder"),
             "channels": card.get("channels"),
             "tile_size": card.get("tile_size"),
-            "training_minutes": minutes,
+            "training_minutes": card.get("config", {}).get("train", {}).get("max_minutes", minutes),
             "best_val_iou": card.get("best_value"),
             "epochs": card.get("epochs_run"),
         },

@@ -1,4 +1,5 @@
-"""Smoke test of the benchmarks: the quick variant runs and writes valid JSON (timings are never asserted)."""
+"""Smoke test of the benchmark suite: the quick variant runs and writes valid JSON (timings are never
+asserted), and the table's helpers read Snakemake's benchmark files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.workflow import jobs_done, step_times
 from tests.workflow_helpers import REPO
 
 
@@ -17,12 +19,49 @@ def test_quick_bench_runs_and_writes_json(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert [row["step"] for row in result["steps"]] == ["dem", "mask", "features", "tiles"]
-    assert all(row["peak_rss_mb"] > 0 and row["seconds"] > 0 for row in result["steps"])
-    assert result["machine"]["cores"] >= 1
-    assert "peak RSS" in proc.stdout
+    m = result["measurements"]
+    assert m["end_to_end"]["skipped"] and m["incremental"]["skipped"]
+    assert {r["variant"] for r in m["prediction"]["rows"]} == {"ours", "tutorial"}
+    assert m["compute"]["peak_matmul_gflops"] > 0
+    assert m["compute"]["ours_phases_seconds"]["network"] > 0
+    # the FLOP count from layer shapes agrees with TensorFlow's profiler
+    prof = m["compute"]["profiler_flops_per_pixel"]
+    assert prof is None or abs(m["compute"]["flops_per_pixel"] / prof - 1) < 0.05
+    steps = m["memory"]["runs"][0]["steps"]
+    assert list(steps) == ["dem", "mask", "features", "tiles", "predict", "tutorial_tiling"]
+    assert all(s["peak_rss_mb"] > 0 for s in steps.values())
+    assert m["training"]["rows"][0]["train_tiles_per_s"] > 0
+    assert m["dry_run"]["rows"][0]["regions"] == 1
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["threads"] >= 1 and machine["tensorflow"]
+    assert len(machine["load_average_1_5_15_min"]) == 3
+    assert "| measurement" in proc.stdout and "3 compute" in proc.stdout
+    assert [row["measurement"] for row in result["table"] if row["measurement"]] == [
+        "2 prediction",
+        "3 compute",
+        "4 memory",
+        "5 training",
+        "6 dry run",
+    ]
+
+
+def test_step_times_sum_the_rules_benchmark_files(tmp_path: Path) -> None:
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for step, region, seconds, rss in [
+        ("dem", "a", 1.5, 100),
+        ("dem", "b", 2.5, 300),
+        ("train", "unet", 60, "NA"),
+    ]:
+        path = tmp_path / step / f"{region}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:01\t{rss}\t1\t1\t1\t1\t1\t50\t1\n")
+    steps = step_times(tmp_path)
+    assert steps["dem"] == {"jobs": 2, "seconds": 4.0, "max_rss_mb": 300.0}
+    assert steps["train"] == {"jobs": 1, "seconds": 60.0, "max_rss_mb": 0.0}
+    assert jobs_done("...\n21 of 21 steps (100%) done\n") == 21
+    assert jobs_done("Nothing to be done.") == 0
