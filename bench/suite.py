@@ -12,7 +12,7 @@ figures beside (see bench/README.md for what each does and the latest numbers):
 4. ``memory``: peak RSS of dem, mask, features, tiles and predict, and of the tutorial's in-memory
    tiling, on regions of 1x, 4x and 16x the area (:mod:`bench.gis_memory`);
 5. ``training``: training tiles/s of each encoder (``--encoders``; default unet_small and
-   hed_vgg16: the keras.applications encoders' graphs take 1-2 minutes each to trace on 2 cores),
+   hed_vgg16: the keras.applications encoders' training graphs take 10-110 s each to build here),
    frozen and fine-tuned (:mod:`bench.model_speed`);
 6. ``dry_run``: Snakemake's dry run with everything up to date, 1, 10 and 50 regions;
 7. ``incremental``: reruns after changing a threshold, a hyperparameter, adding a region.
