@@ -20,7 +20,7 @@ figures beside (see bench/README.md for what each does and the latest numbers):
 The model of 2-4 is the one the end-to-end run trained (the default config's); without that run
 (``--only``, ``--quick``) ``--model`` names one, else a small one is trained first. ``--quick`` is
 the smoke test's variant: small rasters, unet_small only, and no workflow runs (1 and 7 skipped, the
-dry run with 1 region), a minute or so. Every TensorFlow measurement runs in its own process with
+dry run with 1 region), about 1.5 minutes. Every TensorFlow measurement runs in its own process with
 ``--threads`` threads (with ``--quick`` some run in this one, saving TensorFlow start-ups). Results
 are written after each measurement (a partial file survives a failure).
 """
@@ -426,7 +426,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="cinderseg benchmark suite: one table, bench/results.json")
     parser.add_argument(
-        "--quick", action="store_true", help="the small variant of the smoke test (about a minute)"
+        "--quick", action="store_true", help="the small variant of the smoke test (about 1.5 minutes)"
     )
     parser.add_argument(
         "--only",
