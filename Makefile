@@ -43,7 +43,7 @@ slurm: $(STAMP)
 test: lint slurm pytest
 
 # The benchmark suite (bench/README.md), under 20 minutes on 2 cores; `make bench QUICK=1` is the
-# minute-long variant of the smoke test; BENCH_ARGS passes other options (e.g. --only memory).
+# 1.5-minute variant of the smoke test; BENCH_ARGS passes other options (e.g. --only memory).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 

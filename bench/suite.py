@@ -12,7 +12,7 @@ figures beside (see bench/README.md for what each does and the latest numbers):
 4. ``memory``: peak RSS of dem, mask, features, tiles and predict, and of the tutorial's in-memory
    tiling, on regions of 1x, 4x and 16x the area (:mod:`bench.gis_memory`);
 5. ``training``: training tiles/s of each encoder (``--encoders``; default unet_small and
-   hed_vgg16: the keras.applications encoders' graphs take 1-2 minutes each to trace on 2 cores),
+   hed_vgg16: the keras.applications encoders' training graphs take 10-110 s each to build here),
    frozen and fine-tuned (:mod:`bench.model_speed`);
 6. ``dry_run``: Snakemake's dry run with everything up to date, 1, 10 and 50 regions;
 7. ``incremental``: reruns after changing a threshold, a hyperparameter, adding a region.
@@ -20,7 +20,7 @@ figures beside (see bench/README.md for what each does and the latest numbers):
 The model of 2-4 is the one the end-to-end run trained (the default config's); without that run
 (``--only``, ``--quick``) ``--model`` names one, else a small one is trained first. ``--quick`` is
 the smoke test's variant: small rasters, unet_small only, and no workflow runs (1 and 7 skipped, the
-dry run with 1 region), a minute or so. Every TensorFlow measurement runs in its own process with
+dry run with 1 region), about 1.5 minutes. Every TensorFlow measurement runs in its own process with
 ``--threads`` threads (with ``--quick`` some run in this one, saving TensorFlow start-ups). Results
 are written after each measurement (a partial file survives a failure).
 """
@@ -426,7 +426,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="cinderseg benchmark suite: one table, bench/results.json")
     parser.add_argument(
-        "--quick", action="store_true", help="the small variant of the smoke test (about a minute)"
+        "--quick", action="store_true", help="the small variant of the smoke test (about 1.5 minutes)"
     )
     parser.add_argument(
         "--only",
