@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from cinderseg.config import MODEL_CARD
 from cinderseg.errors import CinderSegError, InputError
 
 log = logging.getLogger("cinderseg")
 
-CARD_NAME = "model_card.json"
+CARD_NAME = MODEL_CARD
 
 
 class ProgressBar:

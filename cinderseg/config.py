@@ -24,10 +24,10 @@ from cinderseg.errors import ConfigError
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 REGION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 ROLES_WITH_LABELS = ("train", "test")
-#: File name of the model card beside a trained model (as cinderseg.predict.CARD_NAME).
+#: File name of the model card beside a trained ``.keras`` model (the one place it is defined).
 MODEL_CARD = "model_card.json"
-#: Keyword values of ``model.encoder_weights`` (as cinderseg.model.WEIGHT_KEYWORDS); else a file path.
-WEIGHT_KEYWORDS = ("pretrained", "imagenet", "none")
+#: Keyword values of ``model.encoder_weights``; anything else is a path to a weights file.
+WEIGHT_KEYWORDS: tuple[str, ...] = ("pretrained", "imagenet", "none")
 
 
 def load_yaml(path: str | Path) -> Any:

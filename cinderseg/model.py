@@ -63,6 +63,7 @@ import numpy as np
 from keras import layers, ops
 
 import cinderseg.losses  # noqa: F401  (registers the losses so that compiled models load)
+from cinderseg.config import WEIGHT_KEYWORDS
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.settings import is_int, is_number, known_keys_only
 
@@ -76,8 +77,6 @@ ENCODERS: tuple[str, ...] = (
 )
 """Encoder names of the schema's ``model.encoder`` enum."""
 
-WEIGHT_KEYWORDS: tuple[str, ...] = ("pretrained", "imagenet", "none")
-"""Keyword values of ``model.encoder_weights``; anything else is a path to a weights file."""
 
 TRAINABLE_MODES: tuple[str, ...] = ("frozen", "all", "top")
 HED_CONV_LAYERS: tuple[str, ...] = (

@@ -60,6 +60,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from cinderseg.config import MODEL_CARD
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.model import DOWNSAMPLING, ModelSettings, build_unet, load_model
 from cinderseg.raster import BLOCK_PX, NODATA_FLOAT, atomic_write, geotiff_profile, open_raster
@@ -70,7 +71,7 @@ log = logging.getLogger("cinderseg")
 
 TTA_MODES: tuple[str, ...] = ("none", "flips", "d4")
 """Values of ``predict.tta``."""
-CARD_NAME = "model_card.json"
+CARD_NAME = MODEL_CARD
 """The model card's file name, beside the ``.keras`` model."""
 MIN_WINDOW_PX = 64
 REFERENCE_TILE_PX = 224

@@ -140,10 +140,3 @@ def test_the_weights_file_and_the_model_card_are_checked_at_start_up(tmp_path: P
         check_input_files(predict, source="c.yaml", base=tmp_path)
     (tmp_path / "m" / "model_card.json").write_text("{}")
     check_input_files(predict, source="c.yaml", base=tmp_path)
-
-
-def test_the_keywords_match_the_model_module() -> None:
-    from cinderseg import config, model, predict
-
-    assert config.WEIGHT_KEYWORDS == model.WEIGHT_KEYWORDS
-    assert config.MODEL_CARD == predict.CARD_NAME
