@@ -7,6 +7,7 @@ from cinderseg.config import (
     check_input_files,
     check_writable,
     labelled_regions,
+    model_path,
     region_names,
     validate_config,
 )
@@ -53,11 +54,12 @@ def cores_given():
 # 8 on a cluster without --cores (profiles/slurm sets them with set-threads).
 TRAIN_THREADS = max(1, min(cores_given() or 8, 16))
 MODEL_FILES = ["model.keras", "history.csv", "training_curves.png", "model_card.json"]
-# The model the predict step applies: predict.model if set, else the one trained by this workflow.
+# The model the predict step applies: predict.model if set ('pretrained': the shipped one), else the
+# one trained by this workflow.
 PREDICT_MODEL = (
-    config["predict"].get("model") or f"results/models/{MODEL}/model.keras"
-    if (TRAINING or config["predict"].get("model"))
-    else None
+    str(model_path(config["predict"]["model"]))
+    if config["predict"].get("model")
+    else f"results/models/{MODEL}/model.keras" if TRAINING else None
 )
 CONE_FIGURES = ["size_frequency", "height_vs_diameter", "cone_map"]
 if PREDICT_MODEL is None:
