@@ -105,15 +105,16 @@ def exaggerate_hillshade(
     hs = np.asarray(hillshade, dtype=np.float64)
     t = np.maximum(np.asarray(tan_slope, dtype=np.float64), 0.0)
     alt = math.radians(altitude_deg)
-    s_old, s_new = np.arctan(t), np.arctan(f * t)
-    denom = np.sin(s_old) * math.cos(alt)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a_lit = np.where(denom > 1e-9, (hs - np.cos(s_old) * math.sin(alt)) / denom, 0.0)
-        bound = np.where(t > 1e-12, -math.tan(alt) / t, -np.inf)  # A <= bound in shadow
+    sin_alt, cos_alt = math.sin(alt), math.cos(alt)
+    sec_old, sec_new = np.sqrt(1.0 + t * t), np.sqrt(1.0 + (f * t) ** 2)  # 1 / cos s, 1 / cos s'
     lit = hs > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A = (hs - cos s sin alt) / (sin s cos alt), with sin s = t cos s
+        a_lit = np.where(t > 1e-9, (hs * sec_old - sin_alt) / (t * cos_alt), 0.0)
+        bound = np.where(t > 1e-12, -math.tan(alt) / t, -np.inf)  # A <= bound in shadow
     feasible_dark = ~lit & (bound >= -1.0)
     a = np.where(lit, np.clip(a_lit, -1.0, 1.0), 0.5 * (np.maximum(bound, -1.0) - 1.0))
-    out = np.clip(np.sin(s_new) * math.cos(alt) * a + np.cos(s_new) * math.sin(alt), 0.0, 1.0)
+    out = np.clip((f * t * cos_alt * a + sin_alt) / sec_new, 0.0, 1.0)
     return np.where(lit | feasible_dark, out, 0.0)
 
 
