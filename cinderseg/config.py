@@ -191,6 +191,10 @@ def check_consistency(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"predict.overlap_px: {overlap} is not smaller than predict.window_px ({window})")
     if overlap is not None and crop is not None and (2 * crop >= overlap if overlap else crop):
         raise ConfigError(f"predict.crop_px: {crop} is not less than half of predict.overlap_px ({overlap})")
+    for key in ("relief_exaggeration", "resolution_scale"):
+        bounds = cfg.get("train", {}).get(key)
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ConfigError(f"train.{key}: {bounds} must be [lo, hi] with lo <= hi")
     classes = cfg.get("evaluate", {}).get("diameter_classes_m", [])
     if any(b <= a for a, b in itertools.pairwise(classes)):
         raise ConfigError(f"evaluate.diameter_classes_m: {classes} must be increasing")

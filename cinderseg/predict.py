@@ -36,10 +36,15 @@ flips, ``d4`` the 8 symmetries of the square (quarter turns, each optionally mir
 prediction is transformed back before averaging. Cones have no orientation, so this costs 3x / 8x
 time for a smoother map.
 
+Calibration: the model card's ``temperature`` T (fitted on the validation tiles after training,
+see :mod:`cinderseg.calibrate`; a card without it, or no card, means T = 1) turns every network
+output p into ``sigmoid(logit(p) / T)`` before TTA averaging and blending, so that the map's
+probabilities are calibrated; the 0.5 decision is unchanged by T.
+
 Output: a float32 probability GeoTIFF on the features raster's grid (same CRS, transform and size,
 hence the DEM's), nodata ``NODATA_FLOAT``, tiled and compressed (:func:`cinderseg.raster.geotiff_profile`)
 with internal average overviews (2, 4, 8, ...), band description ``probability`` and tags naming
-the model, window, overlap, crop and TTA; written atomically.
+the model, window, overlap, crop, TTA and temperature; written atomically.
 """
 
 from __future__ import annotations
@@ -60,11 +65,12 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from cinderseg.calibrate import apply_temperature
 from cinderseg.config import MODEL_CARD
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.model import DOWNSAMPLING, ModelSettings, build_unet, load_model
 from cinderseg.raster import BLOCK_PX, NODATA_FLOAT, atomic_write, geotiff_profile, open_raster
-from cinderseg.settings import is_int, known_keys_only
+from cinderseg.settings import is_int, is_number, known_keys_only
 from cinderseg.train import configure_threads
 
 log = logging.getLogger("cinderseg")
@@ -143,7 +149,8 @@ class PredictSettings:
 class Predictor:
     """A network ready for square windows of ``window_px``, with what its model card says.
 
-    ``channels`` and ``tile_size`` come from the card (None without one); ``path`` is the model file.
+    ``channels`` and ``tile_size`` come from the card (None without one); ``path`` is the model file;
+    ``temperature`` is the card's calibration temperature (1: none).
     :meth:`model_for` gives the same network for windows of another shape (the raster's edges).
     """
 
@@ -153,6 +160,7 @@ class Predictor:
     channels: tuple[str, ...] | None = None
     tile_size: int | None = None
     path: Path | None = None
+    temperature: float = 1.0
     _flexible: list[keras.Model] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -173,6 +181,10 @@ class Predictor:
             isinstance(layer, (keras.layers.ZeroPadding2D, keras.layers.Cropping2D))
             for layer in self.model.layers
         )
+
+    def calibrated(self, prob: np.ndarray) -> np.ndarray:
+        """The network's probabilities calibrated with :attr:`temperature` (unchanged at 1)."""
+        return apply_temperature(prob, self.temperature)
 
     def model_for(self, height: int, width: int) -> keras.Model:
         """The network for ``height`` x ``width`` px windows: :attr:`model` for its own size, else one
@@ -315,12 +327,18 @@ def load_predictor(
         raise InputError(
             f"model {path}: its card lists {len(channels)} channel(s) but the model takes {n_channels}"
         )
+    temperature = card.get("temperature", 1.0)
+    if not is_number(temperature) or temperature <= 0:
+        raise InputError(f"model {path}: its card's temperature must be a number > 0, got {temperature!r}")
+    temperature = float(temperature)
     if expected_tile_size is not None and int(expected_tile_size) != tile_size:
         raise InputError(
             f"model {path}: trained on {tile_size} px tiles but tiling.size is {expected_tile_size}; "
             f"set tiling.size: {tile_size} or retrain the model"
         )
-    predictor = Predictor(model, int(height or tile_size), n_channels, tuple(channels), int(tile_size), path)
+    predictor = Predictor(
+        model, int(height or tile_size), n_channels, tuple(channels), int(tile_size), path, temperature
+    )
     if expected_channels is not None:
         check_channels(predictor, expected_channels, source="the features")
     if window_px == height == width:
@@ -336,7 +354,7 @@ def load_predictor(
         raise InputError(
             f"model {path}: its weights do not fit the U-Net described by its card ({reason})"
         ) from err
-    return Predictor(rebuilt, int(window_px), n_channels, tuple(channels), int(tile_size), path)
+    return Predictor(rebuilt, int(window_px), n_channels, tuple(channels), int(tile_size), path, temperature)
 
 
 # --------------------------------------------------------------------------- windows and weights
@@ -425,7 +443,7 @@ def predict_windows(predictor: Predictor, x: np.ndarray, tta: str = "none") -> n
     for turns, mirror in transforms:
         xt = np.ascontiguousarray(_forward(x, turns, mirror), dtype=np.float32)
         model = predictor.model_for(xt.shape[1], xt.shape[2])
-        y = np.asarray(model.predict_on_batch(xt))[..., 0]
+        y = predictor.calibrated(np.asarray(model.predict_on_batch(xt))[..., 0])
         out += _backward(y, turns, mirror)
     if len(transforms) > 1:
         out /= len(transforms)
@@ -680,6 +698,7 @@ def predict_probability(
                 overlap_px=str(overlap),
                 crop_px=str(crop),
                 tta=settings.tta,
+                temperature=repr(predictor.temperature),
             )
             strip = _StripWriter(dst, window + block, block)
             for i, (row, size_y) in enumerate(rows):
@@ -720,6 +739,7 @@ def predict_probability(
         "overlap_px": overlap,
         "crop_px": crop,
         "tta": settings.tta,
+        "temperature": predictor.temperature,
         "windows": total,
         "windows_skipped": skipped,
         "window_shapes": [list(shape) for shape in shapes],

@@ -11,7 +11,16 @@ Sampling. Each epoch is ``steps`` batches of ``batch_size`` tiles, drawn as a pu
 holding cone pixels enter a shuffled pool ``positive_oversampling`` times as often as the others
 (fractional part by chance), pools follow one another until the epoch is full. With
 ``steps_per_epoch: 0`` an epoch is one pass over that oversampled pool. Augmentation applies one of
-the 8 symmetries of the square (quarter turns, optionally a mirror) to a tile and its mask alike.
+the 8 symmetries of the square (quarter turns, optionally a mirror) to a tile and its mask alike;
+with ``relief_exaggeration`` and/or ``resolution_scale`` each drawn tile is first transformed as if
+its DEM were vertically exaggerated by a factor ``f`` and/or resampled so that cones appear ``s``
+times larger (:mod:`cinderseg.augment`, factors drawn log-uniformly per tile, also a pure function
+of ``(seed, epoch)``).
+
+Calibration. With ``calibrate`` (default), after training a temperature ``T`` is fitted on the
+validation tiles (pixel binary cross-entropy of ``sigmoid(logit(p) / T)``, :mod:`cinderseg.calibrate`)
+and written to the model card, with the validation pixel F1 at thresholds 0.1..0.9 after
+calibration; prediction applies it (:mod:`cinderseg.predict`).
 
 Schedule. ``unet_small`` trains in one phase at ``learning_rate``. A pretrained encoder trains
 ``frozen_epochs`` with the encoder frozen at ``learning_rate``, then fine-tunes (``fine_tune``: all
@@ -58,7 +67,10 @@ import tensorflow as tf
 from matplotlib.ticker import MaxNLocator
 
 import cinderseg
+from cinderseg.augment import NOT_TRANSFORMED, augment_tile, exaggeration_report, shape_draws
+from cinderseg.calibrate import LogitHistogram, calibration_report
 from cinderseg.errors import ConfigError, InputError
+from cinderseg.features import FeatureSettings
 from cinderseg.losses import iou_metric, make_loss, precision_metric, recall_metric
 from cinderseg.model import ModelSettings, build_unet, set_encoder_trainable
 from cinderseg.raster import atomic_write
@@ -76,7 +88,9 @@ STATE_FILE = "state.json"
 MIN_LEARNING_RATE = 1e-7
 # Keys of the train section that do not change what an epoch computes: a state saved under other
 # values of these is still resumed (e.g. a larger time budget for a run that was cut short).
-RESUME_NEUTRAL_KEYS = ("max_minutes",)
+RESUME_NEUTRAL_KEYS = ("max_minutes", "calibrate")
+RELIEF_EXAGGERATION_LIMITS = (0.1, 10.0)
+RESOLUTION_SCALE_LIMITS = (0.25, 4.0)
 
 
 # --------------------------------------------------------------------------- settings
@@ -106,6 +120,9 @@ class TrainSettings:
     steps_per_epoch: int = 0
     max_minutes: float = 0.0
     seed: int = 42
+    relief_exaggeration: tuple[float, float] | None = None
+    resolution_scale: tuple[float, float] | None = None
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, expected: str) -> None:
@@ -149,11 +166,40 @@ class TrainSettings:
         need(is_int(self.steps_per_epoch) and self.steps_per_epoch >= 0, "steps_per_epoch", "an integer >= 0")
         need(is_number(self.max_minutes) and self.max_minutes >= 0, "max_minutes", "a number >= 0")
         need(is_int(self.seed), "seed", "an integer")
+        for key, (low, high) in (
+            ("relief_exaggeration", RELIEF_EXAGGERATION_LIMITS),
+            ("resolution_scale", RESOLUTION_SCALE_LIMITS),
+        ):
+            object.__setattr__(self, key, factor_range(f"train.{key}", getattr(self, key), low, high))
+        need(isinstance(self.calibrate, bool), "calibrate", "true or false")
+
+    @property
+    def shape_augmentation(self) -> bool:
+        """Whether tiles are exaggerated or zoomed (``relief_exaggeration`` or ``resolution_scale``)."""
+        return self.relief_exaggeration is not None or self.resolution_scale is not None
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any] | None) -> TrainSettings:
         """Settings from the config's ``train`` section (missing keys take the defaults)."""
         return cls(**known_keys_only("train", train, (f.name for f in fields(cls))))
+
+
+def factor_range(key: str, value: Any, low: float, high: float) -> tuple[float, float] | None:
+    """``[lo, hi]`` as a tuple of floats with ``low <= lo <= hi <= high``, or None; ConfigError naming
+    ``key`` otherwise."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(is_number(v) for v in value)
+        and low <= value[0] <= value[1] <= high
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key}: expected null or [lo, hi] with {low:g} <= lo <= hi <= {high:g}, got {value!r}"
+        )
+    return float(value[0]), float(value[1])
 
 
 def monitor_mode(monitor: str) -> str:
@@ -428,17 +474,33 @@ def augment_numpy(x: np.ndarray, code: int) -> np.ndarray:
     return out[:, ::-1] if code >= 4 else out
 
 
-def _loader(data: TrainingData) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """A tf.data map function reading tile ``(source, tile)`` from the memory maps as float32."""
+def _loader(
+    data: TrainingData, *, shaped: bool = False, altitude_deg: float = 45.0
+) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+    """A tf.data map function reading tile ``(source, tile)`` from the memory maps as float32; with
+    ``shaped`` it takes the exaggeration and zoom factors too and applies them (NumPy, per tile)."""
     sources = data.sources
     size, n_ch = data.tile_size, len(data.channels)
+    channels = data.channels
 
     def read(src: np.ndarray, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = sources[int(src)]
         return np.asarray(s.x[int(tile)], dtype=np.float32), np.asarray(s.y[int(tile)], dtype=np.float32)
 
-    def load(src: tf.Tensor, tile: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x, y = tf.numpy_function(read, [src, tile], [tf.float32, tf.float32], stateful=False)
+    def read_shaped(
+        src: np.ndarray, tile: np.ndarray, f: np.ndarray, s: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        x, y = read(src, tile)
+        x, y = augment_tile(x, y, channels, exaggeration=float(f), scale=float(s), altitude_deg=altitude_deg)
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
+
+    def load(src: tf.Tensor, tile: tf.Tensor, *factors: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if shaped:
+            x, y = tf.numpy_function(
+                read_shaped, [src, tile, *factors], [tf.float32, tf.float32], stateful=False
+            )
+        else:
+            x, y = tf.numpy_function(read, [src, tile], [tf.float32, tf.float32], stateful=False)
         x.set_shape((size, size, n_ch))
         y.set_shape((size, size, 1))
         return x, y
@@ -462,16 +524,20 @@ def train_dataset(
     end_epoch: int,
     steps: int,
     threads: int = 1,
+    hillshade_altitude_deg: float = FeatureSettings.hillshade_altitude_deg,
 ) -> tf.data.Dataset:
     """Batches ``(x, y)`` of epochs ``[start_epoch, end_epoch)``: ``steps`` batches each, float32.
 
     Indices are generated per epoch (:func:`epoch_draws`), tiles are read lazily from the memory
-    maps, augmented (if ``settings.augment``), batched and prefetched.
+    maps, exaggerated and zoomed (:func:`cinderseg.augment.augment_tile` with the factors of
+    :func:`cinderseg.augment.shape_draws`, if ``settings.relief_exaggeration`` or
+    ``settings.resolution_scale``), given a symmetry (if ``settings.augment``), batched and
+    prefetched. ``hillshade_altitude_deg`` is the sun altitude the tiles' hillshade was computed with.
     """
     n = steps * settings.batch_size
     pairs = data.train
 
-    def generate() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def generate() -> Iterator[tuple[np.ndarray, ...]]:
         for epoch in range(start_epoch, end_epoch):
             idx, codes = epoch_draws(
                 data.train_positive,
@@ -481,14 +547,25 @@ def train_dataset(
                 augment=settings.augment,
                 seed=settings.seed,
             )
-            yield pairs[idx, 0], pairs[idx, 1], codes
+            f, s = shape_draws(
+                n,
+                epoch,
+                seed=settings.seed,
+                relief_exaggeration=settings.relief_exaggeration,
+                resolution_scale=settings.resolution_scale,
+            )
+            yield pairs[idx, 0], pairs[idx, 1], codes, f, s
 
     spec = tf.TensorSpec(shape=(None,), dtype=tf.int64)
-    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec, spec)).unbatch()
-    load = _loader(data)
+    factors = tf.TensorSpec(shape=(None,), dtype=tf.float64)
+    signature = (spec, spec, spec, factors, factors)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+    load = _loader(data, shaped=settings.shape_augmentation, altitude_deg=hillshade_altitude_deg)
 
-    def load_and_augment(src: tf.Tensor, tile: tf.Tensor, code: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x, y = load(src, tile)
+    def load_and_augment(
+        src: tf.Tensor, tile: tf.Tensor, code: tf.Tensor, f: tf.Tensor, s: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = load(src, tile, f, s) if settings.shape_augmentation else load(src, tile)
         return augment_pair(x, y, code) if settings.augment else (x, y)
 
     ds = ds.map(load_and_augment, num_parallel_calls=max(1, threads), deterministic=True)
@@ -538,25 +615,97 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_fingerprint(model_settings: ModelSettings, settings: TrainSettings, data: TrainingData) -> str:
+def run_fingerprint(
+    model_settings: ModelSettings,
+    settings: TrainSettings,
+    data: TrainingData,
+    *,
+    hillshade_altitude_deg: float | None = None,
+) -> str:
     """SHA-256 (hex) of what determines a training run: model and train settings and the data.
 
     Keys in ``RESUME_NEUTRAL_KEYS`` are left out, so a resumed run may get a new time budget.
+    ``hillshade_altitude_deg`` (given when tiles are exaggerated: the hillshade transform uses it)
+    enters too.
     """
-    train = {k: v for k, v in asdict(settings).items() if k not in RESUME_NEUTRAL_KEYS}
-    blob = json.dumps(
-        {
-            "model": _settings_dict(model_settings),
-            "train": train,
-            "data": data.fingerprint,
-            "channels": list(data.channels),
-            "tile_size": data.tile_size,
-            "state_version": STATE_VERSION,
-        },
-        sort_keys=True,
-        default=str,
-    )
+    train = {k: _plain(v) for k, v in asdict(settings).items() if k not in RESUME_NEUTRAL_KEYS}
+    content = {
+        "model": _settings_dict(model_settings),
+        "train": train,
+        "data": data.fingerprint,
+        "channels": list(data.channels),
+        "tile_size": data.tile_size,
+        "state_version": STATE_VERSION,
+    }
+    if hillshade_altitude_deg is not None:
+        content["hillshade_altitude_deg"] = float(hillshade_altitude_deg)
+    blob = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def augmentation_summary(
+    settings: TrainSettings, channels: Sequence[str], altitude_deg: float
+) -> dict[str, Any]:
+    """What the training tiles go through, for the log and the model card: symmetries, the
+    exaggeration and zoom ranges and, with exaggeration, how each channel is transformed."""
+    summary: dict[str, Any] = {
+        "symmetries": settings.augment,
+        "relief_exaggeration": list(settings.relief_exaggeration) if settings.relief_exaggeration else None,
+        "resolution_scale": list(settings.resolution_scale) if settings.resolution_scale else None,
+    }
+    if settings.relief_exaggeration is not None:
+        report = exaggeration_report(channels)
+        summary["exaggeration_channels"] = {
+            name: {"transform": status, "note": note} for name, (status, note) in report.items()
+        }
+        if "hillshade" in channels:
+            summary["hillshade_altitude_deg"] = float(altitude_deg)
+    return summary
+
+
+def log_augmentation(summary: Mapping[str, Any], *, features_given: bool = True) -> None:
+    """Log the augmentation; a warning for every channel that exaggeration cannot transform."""
+    log.info(
+        "augmentation: symmetries %s, relief exaggeration %s, resolution scale %s",
+        "on" if summary["symmetries"] else "off",
+        summary["relief_exaggeration"] or "off",
+        summary["resolution_scale"] or "off",
+    )
+    for name, info in (summary.get("exaggeration_channels") or {}).items():
+        level = logging.WARNING if info["transform"] == NOT_TRANSFORMED else logging.INFO
+        log.log(level, "relief exaggeration of channel %s: %s (%s)", name, info["transform"], info["note"])
+    if "hillshade_altitude_deg" in summary and not features_given:
+        log.warning(
+            "relief exaggeration: the features settings are not known; the hillshade is assumed to have "
+            "a sun altitude of %g deg",
+            summary["hillshade_altitude_deg"],
+        )
+
+
+def calibrate_model(
+    model: keras.Model, data: TrainingData, settings: TrainSettings, *, threads: int = 1
+) -> dict[str, Any]:
+    """Calibration report of ``model`` on the validation tiles (see
+    :func:`cinderseg.calibrate.calibration_report`): the temperature is fitted if
+    ``settings.calibrate``, else 1; the threshold scores are given either way."""
+    hist = LogitHistogram()
+    for x, y in eval_dataset(data, settings.batch_size, threads=threads):
+        hist.add(np.asarray(model.predict_on_batch(x)), np.asarray(y))
+    report = calibration_report(hist, fit=settings.calibrate)
+    log.info(
+        "calibration on %d validation pixels: temperature %.3g%s, BCE %.4f -> %.4f; pixel F1 %s; best "
+        "threshold %.1f (F1 %.3f)%s",
+        report["val_pixels"],
+        report["temperature"],
+        "" if settings.calibrate else " (train.calibrate is off)",
+        report["val_bce_uncalibrated"],
+        report["val_bce"],
+        " ".join(f"{r['threshold']:.1f}:{r['f1']:.3f}" for r in report["threshold_scores"]),
+        report["best_threshold"],
+        report["best_f1"],
+        " at the edge of 0.1..0.9" if report["best_threshold_at_edge"] else "",
+    )
+    return report
 
 
 def _settings_dict(settings: Any) -> dict[str, Any]:
@@ -976,7 +1125,15 @@ def train_model(
     summary = data.summary()
     log.info("training data: %s", summary)
 
-    fingerprint = run_fingerprint(model_settings, settings, data)
+    altitude_deg = FeatureSettings.from_config(features_config).hillshade_altitude_deg
+    augmentation = augmentation_summary(settings, data.channels, altitude_deg)
+    log_augmentation(augmentation, features_given=features_config is not None)
+    fingerprint = run_fingerprint(
+        model_settings,
+        settings,
+        data,
+        hillshade_altitude_deg=altitude_deg if settings.shape_augmentation else None,
+    )
     state = TrainingState.load(state_dir, fingerprint)
     if state is None:
         _reset_state_dir(state_dir)
@@ -1077,7 +1234,13 @@ def train_model(
             " (resumed)" if resuming_phase else "",
         )
         train_ds = train_dataset(
-            data, settings, start_epoch=start, end_epoch=phase.end, steps=steps, threads=threads
+            data,
+            settings,
+            start_epoch=start,
+            end_epoch=phase.end,
+            steps=steps,
+            threads=threads,
+            hillshade_altitude_deg=altitude_deg,
         )
         model.fit(
             train_ds,
@@ -1105,6 +1268,7 @@ def train_model(
     final.set_weights(model.get_weights())
     history = pd.DataFrame(state.history)
     best = state.best
+    calibration = calibrate_model(final, data, settings, threads=threads)
     card = {
         "model": model_settings.name,
         "encoder": model_settings.encoder,
@@ -1137,6 +1301,9 @@ def train_model(
         "resumed_from_epochs": state.resumed_from,
         "threads": int(threads),
         "seed": settings.seed,
+        "augmentation": augmentation,
+        "temperature": calibration["temperature"],
+        "calibration": calibration,
         "library_versions": library_versions(),
     }
     with atomic_write(history_path) as tmp:

@@ -79,6 +79,15 @@ def test_every_schema_key_is_documented_with_a_default() -> None:
         (with_changes(tiling={"sise": 3}), "tiling: unknown key 'sise'"),
         (with_changes(tiling={"size": "224"}), "tiling.size: '224' is not of type integer"),
         (
+            with_changes(train={"relief_exaggeration": [1.6, 0.4]}),
+            "train.relief_exaggeration: [1.6, 0.4] must be",
+        ),
+        (with_changes(train={"resolution_scale": [0.7]}), "train.resolution_scale: [0.7] is too short"),
+        (
+            with_changes(train={"resolution_scale": [0.1, 1.4]}),
+            "train.resolution_scale.0: 0.1 must be >= 0.25",
+        ),
+        (
             with_changes(features={"channels": ["elevation", "sobol"]}),
             "features.channels.1: 'sobol' is not one of",
         ),

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from cinderseg.augment import augment_tile, shape_draws
 from cinderseg.errors import ConfigError, InputError
-from cinderseg.model import load_model
+from cinderseg.model import ModelSettings, load_model
 from cinderseg.tiles import MANIFEST_COLUMNS
 from cinderseg.train import (
     STATE_FILE,
@@ -35,6 +36,7 @@ from cinderseg.train import (
     monitor_mode,
     open_training_data,
     plan_phases,
+    run_fingerprint,
     train_dataset,
     train_model,
 )
@@ -179,7 +181,12 @@ def test_settings_defaults_follow_the_schema() -> None:
     ("config", "key"),
     [({"bogus": 1}, "train.bogus"), ({"batch_size": 0}, "train.batch_size"),
      ({"monitor": "iou"}, "train.monitor"), ({"reduce_lr_factor": 1.0}, "train.reduce_lr_factor"),
-     ({"fine_tune": "some"}, "train.fine_tune")],
+     ({"fine_tune": "some"}, "train.fine_tune"),
+     ({"relief_exaggeration": [1.6, 0.4]}, "train.relief_exaggeration"),
+     ({"relief_exaggeration": [0.0, 1.6]}, "train.relief_exaggeration"),
+     ({"resolution_scale": 1.2}, "train.resolution_scale"),
+     ({"resolution_scale": [0.7, 1.4, 2.0]}, "train.resolution_scale"),
+     ({"calibrate": "yes"}, "train.calibrate")],
 )  # fmt: skip
 def test_bad_settings_name_the_key(config: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -292,6 +299,56 @@ def test_pipeline_keeps_x_and_y_aligned_and_validation_apart(tmp_path: Path) -> 
     assert np.array_equal(val, x[30:])
 
 
+def test_pipeline_exaggerates_and_zooms_each_tile_as_drawn(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    channels = ("slope", "hillshade", "curvature")
+    x = rng.random((12, SIZE, SIZE, 3)).astype(np.float32)
+    x[..., 2] = 2 * x[..., 2] - 1
+    y = np.zeros((12, SIZE, SIZE, 1), np.uint8)
+    y[:, 10:20, 8:22] = 1
+    tiles, manifest = write_tiles(tmp_path, "s", x, y, ["train"] * 10 + ["val"] * 2, channels)
+    data = open_training_data([tiles], [manifest], ["s"])
+    x16 = np.asarray(data.sources[0].x, np.float32)
+    s = TrainSettings(batch_size=4, seed=9, relief_exaggeration=[0.4, 1.6], resolution_scale=[0.7, 1.4])
+    assert s.relief_exaggeration == (0.4, 1.6) and s.shape_augmentation
+    ds = train_dataset(data, s, start_epoch=2, end_epoch=4, steps=3, hillshade_altitude_deg=30.0)
+    got = [(np.asarray(xb), np.asarray(yb)) for xb, yb in ds]
+    for epoch, batches in ((2, got[:3]), (3, got[3:])):
+        idx, codes = epoch_draws(data.train_positive, epoch, 12, oversampling=2.0, augment=True, seed=9)
+        f, z = shape_draws(12, epoch, seed=9, relief_exaggeration=(0.4, 1.6), resolution_scale=(0.7, 1.4))
+        assert len(np.unique(f)) == 12 and len(np.unique(z)) == 12
+        xs = np.concatenate([b[0] for b in batches])
+        ys = np.concatenate([b[1] for b in batches])
+        for k in range(12):
+            xe, ye = augment_tile(
+                x16[idx[k]], y[idx[k]], channels, exaggeration=f[k], scale=z[k], altitude_deg=30.0
+            )
+            assert np.allclose(xs[k], augment_numpy(xe, codes[k]), atol=1e-6)
+            assert np.array_equal(ys[k], augment_numpy(ye, codes[k]).astype(np.float32))
+    # the same draws again (a resumed run), and exaggeration off for the same seed changes only x
+    again = [np.asarray(xb) for xb, _ in train_dataset(data, s, start_epoch=2, end_epoch=4, steps=3,
+                                                        hillshade_altitude_deg=30.0)]  # fmt: skip
+    assert all(np.array_equal(a, b[0]) for a, b in zip(again, got, strict=True))
+
+
+def test_the_run_fingerprint_follows_the_augmentation(cone_data: dict[str, Any]) -> None:
+    data = open_training_data(cone_data["tiles"], cone_data["manifests"])
+    model = ModelSettings.from_config(TINY_MODEL)
+
+    def fingerprint(**train: Any) -> str:
+        return run_fingerprint(model, TrainSettings(**train), data)
+
+    base = fingerprint()
+    assert fingerprint(relief_exaggeration=[0.4, 1.6]) != base
+    assert fingerprint(relief_exaggeration=[0.4, 1.6]) != fingerprint(relief_exaggeration=[0.5, 1.6])
+    assert fingerprint(resolution_scale=[0.7, 1.4]) != base
+    assert fingerprint(max_minutes=3.0) == base and fingerprint(calibrate=False) == base  # resume-neutral
+    ex = TrainSettings(relief_exaggeration=[0.4, 1.6])
+    assert run_fingerprint(model, ex, data, hillshade_altitude_deg=30.0) != run_fingerprint(
+        model, ex, data, hillshade_altitude_deg=45.0
+    )
+
+
 def test_reading_is_lazy(tmp_path: Path) -> None:
     """Iterating over 170 MB of tiles leaves anonymous memory far below the data size."""
     n, size = 2600, 64
@@ -382,6 +439,18 @@ def test_tiny_training_learns_and_writes_its_outputs(
         cone_data["tiles"], cone_data["manifests"], ["volcano"]
     )
     assert {"tensorflow", "keras", "numpy", "cinderseg"} <= set(saved["library_versions"])
+    assert saved["augmentation"] == {
+        "symmetries": True,
+        "relief_exaggeration": None,
+        "resolution_scale": None,
+    }
+    # calibration: a temperature fitted on the validation tiles, and pixel F1 at 0.1..0.9 after it
+    calibration = saved["calibration"]
+    assert saved["temperature"] == calibration["temperature"] > 0 and calibration["fitted"]
+    assert calibration["val_bce"] <= calibration["val_bce_uncalibrated"] + 1e-9
+    assert calibration["val_pixels"] == 16 * SIZE * SIZE
+    assert [r["threshold"] for r in calibration["threshold_scores"]] == pytest.approx(np.arange(1, 10) / 10)
+    assert calibration["best_f1"] == max(r["f1"] for r in calibration["threshold_scores"])
     assert saved["tiles"]["train_tiles"] == 48 and saved["tiles"]["val_tiles"] == 16
     assert 0 < saved["wall_time_s"] <= seconds + 1 and saved["sessions"] == 1
     assert (
@@ -404,6 +473,28 @@ def test_tiny_training_learns_and_writes_its_outputs(
     val = open_training_data(cone_data["tiles"], cone_data["manifests"])
     result = model.evaluate(eval_dataset(val, 8), return_dict=True, verbose=0)
     assert result["iou"] == pytest.approx(saved["best_value"], abs=1e-4)
+
+
+def test_shape_augmentation_is_logged_and_recorded(tmp_path: Path, cone_data: dict[str, Any]) -> None:
+    handler, logger = _ListHandler(), logging.getLogger("cinderseg")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    train = {"epochs": 1, "batch_size": 8, "relief_exaggeration": [0.4, 1.6], "resolution_scale": [0.7, 1.4],
+             "calibrate": False}  # fmt: skip
+    try:
+        card = train_model(cone_data["tiles"], cone_data["manifests"], **outputs(tmp_path), tile_size=SIZE,
+                           model_config=TINY_MODEL, train_config=train, threads=2)  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    aug = card["augmentation"]
+    assert aug["relief_exaggeration"] == [0.4, 1.6] and aug["resolution_scale"] == [0.7, 1.4]
+    assert aug["exaggeration_channels"]["elevation"]["transform"] == "exact"
+    assert aug["exaggeration_channels"]["sobel"]["transform"] == "approximate"  # no slope channel
+    assert card["settings"]["train"]["resolution_scale"] == (0.7, 1.4)
+    assert card["temperature"] == 1.0 and not card["calibration"]["fitted"]
+    assert any("relief exaggeration of channel sobel: approximate" in line for line in handler.lines)
 
 
 def test_frozen_phase_keeps_the_encoder_then_fine_tuning_moves_it(
