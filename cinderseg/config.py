@@ -286,6 +286,16 @@ def check_input_files(cfg: Mapping[str, Any], *, source: str = "config", base: s
         labels = region.get("labels")
         if labels and labels != "synthetic" and not (Path(base) / labels).exists():
             raise ConfigError(f"{source}: regions.{name}.labels: labels file not found: {labels}")
+    initial = cfg.get("train", {}).get("initial_model")
+    if initial:
+        initial = model_path(initial, key=f"{source}: train.initial_model")
+        if not (Path(base) / initial).is_file():
+            raise ConfigError(f"{source}: train.initial_model: model file not found: {initial}")
+        if not (Path(base) / initial).with_name(MODEL_CARD).is_file():
+            raise ConfigError(
+                f"{source}: train.initial_model: model card not found beside the model: "
+                f"{Path(initial).with_name(MODEL_CARD)}"
+            )
     model = cfg.get("predict", {}).get("model")
     if model:
         model = str(model_path(model, key=f"{source}: predict.model"))

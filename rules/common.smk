@@ -109,6 +109,15 @@ def training_manifests(wildcards):
     return expand("results/tiles/{region}.csv", region=TRAINING)
 
 
+def initial_model_files(wildcards):
+    """The model (and its card) whose weights train.initial_model starts training from; none if unset."""
+    initial = config["train"].get("initial_model")
+    if not initial:
+        return []
+    path = model_path(initial)
+    return [str(path), str(path.with_name("model_card.json"))]
+
+
 def prediction_model(wildcards):
     """The model file the predict step applies and its model card beside it."""
     return {
