@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run test lint pytest setup slurm bench pretrained clean
+CROSSVAL_CONFIG ?= config/crossval_synthetic.yaml
+
+.PHONY: run test lint pytest setup slurm bench pretrained clean crossval
 
 setup: $(STAMP)
 
@@ -25,6 +27,11 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html
+
+# Cross-region evaluation only (README "Cross-region evaluation"), of the folds in CROSSVAL_CONFIG:
+# `make crossval` (the synthetic leave-one-region-out study), or CROSSVAL_CONFIG=config/other.yaml.
+crossval: $(STAMP)
+	$(BIN)/snakemake crossval --cores $(CORES) --configfile $(CROSSVAL_CONFIG) $(SNAKEMAKE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,10 +20,12 @@ include: "rules/tiles.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
+include: "rules/crossval.smk"
 
 
 wildcard_constraints:
     region=alternation(REGIONS),
+    fold=alternation(list(FOLDS)),
 
 
 rule all:

@@ -20,10 +20,11 @@ import yaml
 
 from cinderseg.download import tiles_for_bbox
 from cinderseg.errors import ConfigError
+from cinderseg.folds import folds_from_config
+from cinderseg.settings import ROLES_WITH_LABELS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 REGION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-ROLES_WITH_LABELS = ("train", "test")
 #: File name of the model card beside a trained ``.keras`` model (the one place it is defined).
 MODEL_CARD = "model_card.json"
 #: Keyword values of ``model.encoder_weights``; anything else is a path to a weights file.
@@ -251,6 +252,7 @@ def check_consistency(cfg: Mapping[str, Any]) -> None:
                 f"{key}.synthetic.diameter_min_m: {syn['diameter_min_m']} is larger than "
                 f"diameter_max_m ({syn['diameter_max_m']})"
             )
+    folds_from_config(cfg)  # the crossval section: regions exist and are labelled, enough folds
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

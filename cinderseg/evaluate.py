@@ -48,6 +48,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cinderseg.errors import ConfigError, InputError
+from cinderseg.folds import points_in_block
 from cinderseg.raster import (
     MASK_NODATA,
     NODATA_FLOAT,
@@ -199,6 +200,18 @@ def _truth_block(mask: rasterio.DatasetReader, window: Window) -> tuple[np.ndarr
     return (data == 1) & valid, valid
 
 
+def _area_windows(height: int, width: int, block_px: int, area: Window | None) -> Iterable[Window]:
+    """Windows of at most ``block_px`` px covering ``area`` (a pixel window; None: the whole raster)."""
+    if area is None:
+        yield from iter_windows(height, width, block_px)
+        return
+    r0, c0 = int(area.row_off), int(area.col_off)
+    if r0 < 0 or c0 < 0 or r0 + int(area.height) > height or c0 + int(area.width) > width:
+        raise InputError(f"evaluation area {area} does not lie within the raster of {width} x {height} px")
+    for w in iter_windows(int(area.height), int(area.width), block_px):
+        yield Window(int(w.col_off) + c0, int(w.row_off) + r0, w.width, w.height)
+
+
 class _Counts:
     """Running pixel counts of a binary comparison."""
 
@@ -235,14 +248,17 @@ def pixel_metrics(
     threshold: float | None = None,
     region: str = "",
     block_px: int = 2048,
+    area: Window | None = None,
 ) -> dict[str, Any]:
     """Pixel accuracy of a prediction raster against the uint8 label mask (1 cone, 0, 255 nodata).
 
     ``pred_path`` is a float probability raster (``threshold`` given; a pixel is a cone where
     p >= threshold; nodata -9999, NaN or the file's nodata are ignored) or, with ``threshold=None``,
     a uint8 mask (cone where > 0; its nodata, 255 by default, ignored). Both rasters must share
-    the same grid. Read by ``block_px`` windows. Returns iou, f1, precision, recall (None when
-    undefined), tp, fp, fn, tn and n_valid_px (pixels valid in both rasters).
+    the same grid. Read by ``block_px`` windows; only pixels of ``area`` (a pixel window of the
+    mask's grid, e.g. a cross-validation fold's held-out block) when given. Returns iou, f1,
+    precision, recall (None when undefined), tp, fp, fn, tn and n_valid_px (pixels valid in both
+    rasters).
     """
     pred_path, mask_path = Path(pred_path), Path(mask_path)
     if threshold is not None and not is_number(threshold):
@@ -269,7 +285,7 @@ def pixel_metrics(
             nodata = NODATA_FLOAT if pred.nodata is None else pred.nodata
         else:
             nodata = MASK_NODATA if pred.nodata is None else pred.nodata
-        for window in iter_windows(mask.height, mask.width, block_px):
+        for window in _area_windows(mask.height, mask.width, block_px, area):
             truth, valid = _truth_block(mask, window)
             data = pred.read(1, window=window)
             if is_float:
@@ -302,12 +318,13 @@ def pixel_metrics_from_polygons(
     *,
     region: str = "",
     block_px: int = 2048,
+    area: Window | None = None,
 ) -> dict[str, Any]:
     """Pixel accuracy of predicted polygons, rasterized (pixel centres, nearest) onto the mask's grid.
 
     Used for predictions without a probability raster (the classical baseline). Polygons are
-    reprojected to the mask's CRS if needed; rasterization and counting go by ``block_px`` windows.
-    Returns the same keys as :func:`pixel_metrics`.
+    reprojected to the mask's CRS if needed; rasterization and counting go by ``block_px`` windows,
+    only over ``area`` (a pixel window) when given. Returns the same keys as :func:`pixel_metrics`.
     """
     mask_path = Path(mask_path)
     counts = _Counts()
@@ -319,7 +336,7 @@ def pixel_metrics_from_polygons(
         geoms = np.asarray(_polygonal(polygons.geometry.to_numpy()), dtype=object)
         geoms = geoms[~shapely.is_empty(geoms)] if len(geoms) else geoms
         tree = shapely.STRtree(geoms)
-        for window in iter_windows(mask.height, mask.width, block_px):
+        for window in _area_windows(mask.height, mask.width, block_px, area):
             truth, valid = _truth_block(mask, window)
             shape = (int(window.height), int(window.width))
             idx = tree.query(shapely.box(*window_bounds(window, mask.transform)), predicate="intersects")
@@ -696,23 +713,31 @@ def evaluate_objects(
     settings: EvaluateSettings,
     *,
     region: str = "",
+    area: Window | None = None,
 ) -> tuple[dict[str, Any], MatchResult]:
     """Match and score predicted cones against true ones within the valid part of the mask.
 
     Both sets are brought to the mask's CRS; a cone is evaluated when its centroid lies on a valid
-    (not nodata) mask pixel (a matched pair when its true cone's does). Returns the ``objects`` block
+    (not nodata) mask pixel (a matched pair when its true cone's does) and, with ``area`` (a pixel
+    window of the mask's grid), in that window. Matching uses all cones, so a true cone inside the
+    area found by a prediction centred just outside it is a hit. Returns the ``objects`` block
     (:func:`object_metrics` plus ``iou50``: the same counts after IoU matching with
-    ``iou_threshold``, and ``n_true_outside_valid`` / ``n_pred_outside_valid``) and the
+    ``iou_threshold``, ``n_true_outside_valid`` / ``n_pred_outside_valid`` and, with an area,
+    ``n_true_outside_area`` / ``n_pred_outside_area`` (valid but not in the area)) and the
     centre-radius matching (for the error map).
     """
     with open_raster(mask_path, what=_what("mask", region)) as mask:
-        crs = mask.crs
+        crs, transform = mask.crs, mask.transform
     true_gdf = _in_crs(true_gdf, crs, _what("labels", region)).reset_index(drop=True)
     pred_gdf = _in_crs(pred_gdf, crs, _what("predicted cones", region)).reset_index(drop=True)
     tx, ty, _ = cone_circles(true_gdf)
     px, py, _ = cone_circles(pred_gdf)
     t_cnt = valid_at(mask_path, tx, ty, region=region, block_px=settings.block_px)
     p_cnt = valid_at(mask_path, px, py, region=region, block_px=settings.block_px)
+    t_valid, p_valid = t_cnt, p_cnt
+    if area is not None:
+        t_cnt = t_cnt & points_in_block(tx, ty, transform, area)
+        p_cnt = p_cnt & points_in_block(px, py, transform, area)
     match = match_cones(true_gdf, pred_gdf, settings)
     objects = object_metrics(true_gdf, pred_gdf, match, settings, true_counted=t_cnt, pred_counted=p_cnt)
     by_iou = match_by_iou(true_gdf, pred_gdf, settings.iou_threshold)
@@ -732,8 +757,11 @@ def evaluate_objects(
             )
         },
     }
-    objects["n_true_outside_valid"] = int((~t_cnt).sum())
-    objects["n_pred_outside_valid"] = int((~p_cnt).sum())
+    objects["n_true_outside_valid"] = int((~t_valid).sum())
+    objects["n_pred_outside_valid"] = int((~p_valid).sum())
+    if area is not None:
+        objects["n_true_outside_area"] = int((t_valid & ~t_cnt).sum())
+        objects["n_pred_outside_area"] = int((p_valid & ~p_cnt).sum())
     return objects, match
 
 
@@ -779,10 +807,17 @@ def evaluate_region(
     error_map_path: str | os.PathLike[str] | None = None,
     settings: EvaluateSettings | None = None,
     role: str = "",
+    area: Window | None = None,
+    fold: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the network's (and optionally the baseline's) cones of one labelled region.
 
     ``role`` (train / test) is recorded: metrics of a training region are in-sample.
+    ``area`` (a pixel window of the mask's grid, e.g. the held-out block of a cross-validation
+    fold) restricts every method's scores to it: pixel metrics over its pixels, object metrics
+    over the cones whose centre lies in it (:func:`evaluate_objects`); it is recorded as ``area``
+    (row_off, col_off, height, width in px; bounds [minx, miny, maxx, maxy] in the mask's CRS).
+    ``fold`` (cinderseg.folds.Fold.as_params) is recorded as ``fold``.
 
     ``labels`` are the true cones as polygons (cinderseg.mask.load_labels, DEM CRS). Pixel metrics
     of the network come from the probability raster cut at ``threshold`` (or from the cone polygons
@@ -807,20 +842,28 @@ def evaluate_region(
         "settings": asdict(settings),
         "n_labels": len(labels),
     }
+    if fold is not None:
+        result["fold"] = dict(fold)
+    if area is not None:
+        with open_raster(mask_path, what=_what("mask", region)) as mask:
+            result["area"] = {
+                "row_off": int(area.row_off),
+                "col_off": int(area.col_off),
+                "height": int(area.height),
+                "width": int(area.width),
+                "bounds": list(window_bounds(area, mask.transform)),
+            }
+    where = {"region": region, "block_px": settings.block_px, "area": area}
     if probability_path is not None:
-        result["pixel"] = pixel_metrics(
-            probability_path, mask_path, threshold=threshold, region=region, block_px=settings.block_px
-        )
+        result["pixel"] = pixel_metrics(probability_path, mask_path, threshold=threshold, **where)
     else:
-        result["pixel"] = pixel_metrics_from_polygons(
-            cones, mask_path, region=region, block_px=settings.block_px
-        )
-    result["objects"], match = evaluate_objects(labels, cones, mask_path, settings, region=region)
+        result["pixel"] = pixel_metrics_from_polygons(cones, mask_path, **where)
+    result["objects"], match = evaluate_objects(labels, cones, mask_path, settings, region=region, area=area)
     if baseline_path is not None:
         base = read_cones(baseline_path, what=_what("baseline cones", region))
-        base_objects, _ = evaluate_objects(labels, base, mask_path, settings, region=region)
+        base_objects, _ = evaluate_objects(labels, base, mask_path, settings, region=region, area=area)
         result["baseline"] = {
-            "pixel": pixel_metrics_from_polygons(base, mask_path, region=region, block_px=settings.block_px),
+            "pixel": pixel_metrics_from_polygons(base, mask_path, **where),
             "objects": base_objects,
         }
         net, ref = result, result["baseline"]
@@ -846,9 +889,11 @@ def evaluate_region(
             match,
             Path(error_map_path),
             title=(
-                f"{region}: {o['n_matched']} found, {o['n_pred'] - o['n_matched']} false, "
-                f"{o['n_true'] - o['n_matched']} missed (object F1 {_fmt(o['f1'])})"
+                f"{region}{' (scored area)' if area is not None else ''}: {o['n_matched']} found, "
+                f"{o['n_pred'] - o['n_matched']} false, {o['n_true'] - o['n_matched']} missed "
+                f"(object F1 {_fmt(o['f1'])})"
             ),
+            area_bounds=tuple(result["area"]["bounds"]) if area is not None else None,
         )
     log.info(
         "region '%s': pixel IoU %s, object P/R/F1 %s/%s/%s (%d true, %d predicted cones)",

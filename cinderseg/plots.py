@@ -123,11 +123,13 @@ def plot_error_map(
     *,
     title: str = "",
     max_px: int = 1200,
+    area_bounds: tuple[float, float, float, float] | None = None,
 ) -> None:
     """Outlines of found cones (matched predictions), false detections and missed true cones on a hillshade.
 
     ``true_gdf`` and ``pred_gdf`` are in the DEM's CRS; ``match`` indexes them by position
-    (cinderseg.evaluate.match_cones).
+    (cinderseg.evaluate.match_cones). ``area_bounds`` (minx, miny, maxx, maxy in the DEM's CRS), if
+    given, is outlined as the scored area (a cross-validation fold's held-out block).
     """
     shade, extent = _hillshade_with_extent(Path(dem_path), max_px)
     height = 7 * shade.shape[0] / max(shade.shape[1], 1) + 0.6
@@ -143,6 +145,10 @@ def plot_error_map(
         if len(gdf):
             gdf.geometry.boundary.plot(ax=ax, color=ERROR_COLOURS[key], linewidth=1.0)
         handles.append(Patch(edgecolor=ERROR_COLOURS[key], facecolor="none", label=f"{label} ({len(gdf)})"))
+    if area_bounds is not None:
+        x0, y0, x1, y1 = area_bounds
+        ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="black", linestyle="--", linewidth=1.2)
+        handles.append(Patch(edgecolor="black", facecolor="none", linestyle="--", label="scored area"))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.85)

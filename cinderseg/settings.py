@@ -10,6 +10,9 @@ import numpy as np
 
 from cinderseg.errors import ConfigError
 
+#: Roles of the regions that have labels (the others are only mapped).
+ROLES_WITH_LABELS = ("train", "test")
+
 
 def is_int(value: Any) -> bool:
     """True for Python and numpy integers, False for booleans (YAML's true is not 1 here)."""

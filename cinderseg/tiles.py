@@ -130,6 +130,31 @@ def tile_windows(height: int, width: int, size: int, step: int) -> list[Window]:
     ]
 
 
+def windows_clear_of(windows: Sequence[Window], block: Window, gap_px: int) -> np.ndarray:
+    """True for each window lying at least ``gap_px`` px away from ``block`` (pixel windows).
+
+    The gap counts whole pixels between the two rectangles along rows or along columns (a
+    window ``gap_px`` columns right of the block is clear, one overlapping the block grown by
+    ``gap_px`` on every side is not); any two pixels of a clear window and the block are then at
+    least ``gap_px + 1`` pixel widths apart, centre to centre.
+    """
+    if gap_px < 0:
+        raise ValueError(f"gap_px must be >= 0, got {gap_px!r}")
+    b_r0, b_c0 = int(block.row_off) - gap_px, int(block.col_off) - gap_px
+    b_r1 = int(block.row_off) + int(block.height) + gap_px
+    b_c1 = int(block.col_off) + int(block.width) + gap_px
+    return np.array(
+        [
+            int(w.row_off) >= b_r1
+            or int(w.row_off) + int(w.height) <= b_r0
+            or int(w.col_off) >= b_c1
+            or int(w.col_off) + int(w.width) <= b_c0
+            for w in windows
+        ],
+        dtype=bool,
+    )
+
+
 def assign_splits(
     windows: Sequence[Window],
     height: int,
@@ -353,13 +378,17 @@ def make_tiles(
     *,
     role: str,
     region: str = "",
+    exclude: Window | None = None,
+    exclude_gap_px: int = 0,
 ) -> dict[str, Any]:
     """Cut the tiles of a labelled region into ``tiles_path`` (.npz) and ``manifest_path`` (CSV).
 
     Tiles with more than ``max_nodata_fraction`` nodata pixels (mask nodata or features nodata)
     are dropped; in stored tiles nodata pixels are 0 in x and in y. Mask values other than 0 and
-    nodata count as cone (1). Returns a summary: counts per split, dropped tiles, positive tiles
-    and ``warnings`` (no cone pixel; no validation tile; no cone pixel in validation).
+    nodata count as cone (1). ``exclude`` (a pixel window, e.g. the held-out block of a spatial
+    cross-validation fold) and every tile within ``exclude_gap_px`` px of it are left out before
+    the split (:func:`windows_clear_of`). Returns a summary: counts per split, dropped tiles,
+    positive tiles and ``warnings`` (no cone pixel; no validation tile; no cone pixel in validation).
     """
     label = f"region '{region}'" if region else "region"
     if role not in ("train", "test"):
@@ -390,6 +419,11 @@ def make_tiles(
         f_nodata = NODATA_FLOAT if fds.nodata is None else fds.nodata
         m_nodata = MASK_NODATA if mds.nodata is None else int(mds.nodata)
         windows = tile_windows(height, width, size, settings.step)
+        n_candidates = len(windows)
+        if exclude is not None:
+            clear = windows_clear_of(windows, exclude, exclude_gap_px)
+            windows = [w for w, ok in zip(windows, clear, strict=True) if ok]
+        n_drop_excluded = n_candidates - len(windows)
 
         # pass 1: nodata and positive fractions of every window
         n_px = size * size
@@ -417,10 +451,15 @@ def make_tiles(
         n_drop_nodata = len(windows) - len(kept)
         n_drop_boundary = len(kept_windows) - len(stored)
         if not stored:
+            excluded = (
+                f", {n_drop_excluded} lie within {exclude_gap_px} px of the held-out block"
+                if exclude is not None
+                else ""
+            )
             raise InputError(
-                f"{label}: no tile kept from {features_path}: {n_drop_nodata} of {len(windows)} tiles "
+                f"{label}: no tile kept from {features_path}: {n_drop_nodata} of {n_candidates} tiles "
                 f"have more than {settings.max_nodata_fraction:g} nodata (tiling.max_nodata_fraction), "
-                f"{n_drop_boundary} straddle the train/validation boundary"
+                f"{n_drop_boundary} straddle the train/validation boundary{excluded}"
             )
 
         # pass 2: stream the stored tiles into the npz
@@ -489,7 +528,8 @@ def make_tiles(
         "role": role,
         "tiles": n,
         **counts,
-        "candidates": len(windows),
+        "candidates": n_candidates,
+        "dropped_held_out": n_drop_excluded,
         "dropped_nodata": n_drop_nodata,
         "dropped_boundary": n_drop_boundary,
         "positive_tiles": int(sum(positive)),

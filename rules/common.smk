@@ -13,6 +13,7 @@ from cinderseg.config import (
 )
 from cinderseg.download import tile_paths
 from cinderseg.errors import ConfigError
+from cinderseg.folds import folds_from_config
 from snakemake.exceptions import WorkflowError
 
 
@@ -40,6 +41,14 @@ FILE_BASED = region_names(config, source="file")
 USGS3DEP = region_names(config, source="usgs3dep")
 TRAINING = region_names(config, role="train")
 MODEL = config["model"]["name"]
+# Cross-validation folds (the crossval section) by name: <region>-b<i> (spatial), loro-<region>.
+FOLDS = folds_from_config(config)
+SPATIAL_FOLDS = [name for name, fold in FOLDS.items() if fold.kind == "spatial"]
+# The error of the crossval target without folds (raised by its input function).
+NO_FOLDS = (
+    "the crossval target needs folds: add a crossval section with spatial_folds or "
+    "leave_one_region_out to the config (see README.md, Cross-region evaluation)"
+)
 
 
 def cores_given():
@@ -91,12 +100,17 @@ def dem_sources(wildcards):
     return [dem] if isinstance(dem, str) else list(dem)
 
 
-def labels_file(wildcards):
-    """The region's labels: its vector file, or the true cones written with a synthetic DEM."""
-    labels = config["regions"][wildcards.region]["labels"]
+def region_labels(region):
+    """A region's labels: its vector file, or the true cones written with a synthetic DEM."""
+    labels = config["regions"][region]["labels"]
     if labels == "synthetic":
-        return f"results/synthetic/{wildcards.region}_cones.gpkg"
+        return f"results/synthetic/{region}_cones.gpkg"
     return labels
+
+
+def labels_file(wildcards):
+    """The region's labels (region_labels of the region wildcard)."""
+    return region_labels(wildcards.region)
 
 
 def training_tiles(wildcards):
@@ -150,6 +164,81 @@ def train_runtime(wildcards, attempt):
     return minutes * 2 ** (attempt - 1)
 
 
+def fold_settings(wildcards):
+    """The fold as plain data (name, kind, held-out region, training regions, block grid, gap_m)."""
+    return FOLDS[wildcards.fold].as_params()
+
+
+def fold_held_out_region(wildcards):
+    """The region a fold holds out (all of it, or one block of it) and scores."""
+    return FOLDS[wildcards.fold].held_out_region
+
+
+def fold_training_regions(wildcards):
+    """The regions a fold's model trains on: its own region (spatial) or the other listed ones (loro)."""
+    return list(FOLDS[wildcards.fold].training_regions)
+
+
+def _fold_training_files(fold, ext):
+    """Tiles (ext .npz) or manifests (.csv) a fold trains on: a spatial fold's own cut; for a
+    leave-one-region-out fold each training region cut as a role 'train' region (its tiles step's
+    output when it has role 'train', else a cut of its own under results/crossval/tiles/as_train/).
+    """
+    if fold.kind == "spatial":
+        return [f"results/crossval/tiles/{fold.name}.{ext}"]
+    return [
+        (
+            f"results/tiles/{region}.{ext}"
+            if config["regions"][region]["role"] == "train"
+            else f"results/crossval/tiles/as_train/{region}.{ext}"
+        )
+        for region in fold.training_regions
+    ]
+
+
+def fold_training_tiles(wildcards):
+    """Tiles (.npz) a fold's model trains on, in the order of fold_training_regions."""
+    return _fold_training_files(FOLDS[wildcards.fold], "npz")
+
+
+def fold_training_manifests(wildcards):
+    """Tile manifests (.csv) of fold_training_tiles, in the same order."""
+    return _fold_training_files(FOLDS[wildcards.fold], "csv")
+
+
+def fold_resolutions(wildcards):
+    """Pixel size in metres of each region a fold trains on (for the model card)."""
+    return {
+        region: config["regions"][region]["resolution_m"]
+        for region in FOLDS[wildcards.fold].training_regions
+    }
+
+
+def held_out_file(pattern):
+    """An input function: ``pattern`` (e.g. "results/dem/{region}.tif") for the fold's held-out region."""
+    return lambda wildcards: pattern.format(region=fold_held_out_region(wildcards))
+
+
+def held_out_labels(wildcards):
+    """The labels of the fold's held-out region (region_labels)."""
+    return region_labels(fold_held_out_region(wildcards))
+
+
+def held_out_radius_field(wildcards):
+    """The radius attribute of the held-out region's point labels."""
+    return config["regions"][fold_held_out_region(wildcards)]["radius_field"]
+
+
+def crossval_outputs(wildcards):
+    """Targets of the crossval target: the per-fold table and the summary of all folds."""
+    if not FOLDS:
+        raise WorkflowError(NO_FOLDS)
+    return [
+        "results/metrics/crossval_folds.csv",
+        "results/metrics/crossval_summary.csv",
+    ]
+
+
 def all_outputs(wildcards):
     """Targets of the default target (all): every region's DEM and features, masks and tiles of labelled regions."""
     targets = expand("results/features/{region}.tif", region=REGIONS)
@@ -171,4 +260,6 @@ def all_outputs(wildcards):
         targets += expand("results/figures/{region}/errors.png", region=LABELLED)
         if LABELLED:
             targets.append("results/metrics/summary.csv")
+    if FOLDS:
+        targets += crossval_outputs(wildcards)
     return targets

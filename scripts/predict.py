@@ -1,4 +1,4 @@
-"""Snakemake script of rule predict: the U-Net over the whole region, windows blended."""
+"""Snakemake script of rules predict and crossval_predict: the U-Net over a whole region, blended."""
 
 import os
 
@@ -16,6 +16,6 @@ run_step(
     PredictSettings.from_config(snakemake.params.predict),
     expected_channels=snakemake.params.channels,
     expected_tile_size=snakemake.params.tile_size,
-    region=snakemake.wildcards.region,
+    region=snakemake.params.get("region") or snakemake.wildcards.region,
     threads=snakemake.threads,
 )

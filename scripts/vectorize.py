@@ -1,4 +1,4 @@
-"""Snakemake script of rule vectorize: cone polygons with morphometry, summary table and figures."""
+"""Snakemake script of rules vectorize and crossval_vectorize: cone polygons, morphometry, figures."""
 
 from cinderseg.step import run_step
 from cinderseg.vectorize import VectorizeSettings, write_cone_products
@@ -24,5 +24,5 @@ run_step(
     snakemake.input,
     snakemake.output,
     snakemake.params.vectorize,
-    snakemake.wildcards.region,
+    snakemake.params.get("region") or snakemake.wildcards.region,
 )

@@ -39,7 +39,15 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["config.yaml", "config/tiny.yaml", "config/local_files.yaml", "config/hawaii.yaml"]
+    "path",
+    [
+        "config.yaml",
+        "config/tiny.yaml",
+        "config/local_files.yaml",
+        "config/hawaii.yaml",
+        "config/crossval_synthetic.yaml",
+        "config/mauna_kea_folds.yaml",
+    ],
 )
 def test_shipped_configs_are_valid(path: str) -> None:
     cfg = load_config(REPO / path)

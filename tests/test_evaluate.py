@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import shapely
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 from shapely.geometry import Point, box
 
 from cinderseg.config import validate_config
@@ -553,6 +554,52 @@ def test_evaluate_region_json_error_map_and_summary(tmp_path: Path) -> None:
     assert list(csv["method"]) == ["network", "baseline"] and len(table) == 2
     assert csv.loc[0, "object_f1"] == pytest.approx(o["f1"], abs=1e-4)
     assert csv.loc[1, "n_pred"] == 1 and math.isnan(csv.loc[1, "threshold"])
+
+
+def test_evaluate_region_scores_only_the_given_area(tmp_path: Path) -> None:
+    """Two halves of the region (cross-validation blocks): every method is scored on the cones
+    centred in the half and its pixels; a cone centred on the dividing line belongs to the east half."""
+    r = make_region(tmp_path)
+    west, east = Window(0, 0, 100, 200), Window(100, 0, 100, 200)
+    results = {}
+    for name, area in (("west", west), ("east", east)):
+        results[name] = evaluate_region(
+            region="demo",
+            mask_path=r["mask"],
+            labels=r["labels"],
+            cones_path=r["cones"],
+            probability_path=r["prob"],
+            threshold=0.5,
+            baseline_path=r["baseline"],
+            dem_path=r["dem"],
+            out_json=tmp_path / f"{name}.json",
+            error_map_path=tmp_path / f"{name}.png",
+            settings=S,
+            area=area,
+            fold={"name": f"demo-{name}"},
+        )
+    w, e = results["west"], results["east"]
+    assert w["area"] == {"row_off": 0, "col_off": 0, "height": 200, "width": 100,
+                         "bounds": [X0, Y0 - 2000, X0 + 1000, Y0]}  # fmt: skip
+    assert w["fold"] == {"name": "demo-west"} and no_nan_json(tmp_path / "west.json") == w
+    net = {k: (w["objects"][k], e["objects"][k]) for k in ("n_true", "n_pred", "n_matched")}
+    assert net == {"n_true": (1, 2), "n_pred": (2, 1), "n_matched": (1, 1)}
+    assert (w["objects"]["n_true_outside_area"], w["objects"]["n_pred_outside_area"]) == (2, 1)
+    base = {k: (w["baseline"]["objects"][k], e["baseline"]["objects"][k]) for k in ("n_true", "n_pred")}
+    assert base == {"n_true": (1, 2), "n_pred": (1, 0)}
+    # pixel metrics over the half only (the 10 westmost columns are nodata)
+    assert (w["pixel"]["n_valid_px"], e["pixel"]["n_valid_px"]) == (200 * 90, 200 * 100)
+    assert w["baseline"]["pixel"]["n_valid_px"] == 200 * 90
+    whole = evaluate_region(
+        region="demo", mask_path=r["mask"], labels=r["labels"], cones_path=r["cones"],
+        probability_path=r["prob"], threshold=0.5, baseline_path=r["baseline"], dem_path=r["dem"],
+        out_json=tmp_path / "whole.json", settings=S,
+    )  # fmt: skip
+    for key in ("tp", "fp", "fn", "tn"):
+        assert w["pixel"][key] + e["pixel"][key] == whole["pixel"][key]
+    assert "area" not in whole and "n_true_outside_area" not in whole["objects"]
+    with pytest.raises(InputError, match="does not lie within the raster"):
+        pixel_metrics(r["prob"], r["mask"], threshold=0.5, area=Window(150, 0, 100, 200))
 
 
 def test_evaluate_region_with_no_predicted_cones(tmp_path: Path) -> None:

@@ -1,0 +1,12 @@
+"""Snakemake script of rule crossval_summary: the per-fold and per-region cross-validation tables."""
+
+from cinderseg.folds import crossval_tables
+from cinderseg.step import run_step
+
+run_step(
+    snakemake.log[0],
+    crossval_tables,
+    list(snakemake.input),
+    snakemake.output.folds,
+    snakemake.output.summary,
+)
