@@ -174,7 +174,7 @@ class TrainSettings:
         ):
             object.__setattr__(self, key, factor_range(f"train.{key}", getattr(self, key), low, high))
         need(isinstance(self.calibrate, bool), "calibrate", "true or false")
-        need(isinstance(self.initial_model, str), "initial_model", "'', 'pretrained' or a path to a .keras model")
+        need(isinstance(self.initial_model, str), "initial_model", "'', 'pretrained' or a .keras model path")
 
     @property
     def shape_augmentation(self) -> bool:
@@ -1110,8 +1110,8 @@ def initialise_from(model: keras.Model, initial_model: str, channels: Sequence[s
         raise InputError(f"{key}: {card_path}: not a readable model card ({err})") from err
     if list(card.get("channels") or []) != list(channels):
         raise InputError(
-            f"{key}: {path} was trained on channels [{', '.join(card.get('channels') or [])}], the tiles have "
-            f"[{', '.join(channels)}]; set features.channels to the model's"
+            f"{key}: {path} was trained on channels [{', '.join(card.get('channels') or [])}], the tiles "
+            f"have [{', '.join(channels)}]; set features.channels to the model's"
         )
     source = load_model(path, compile=False)
     ours = [tuple(w.shape) for w in model.weights]
@@ -1206,7 +1206,9 @@ def train_model(
 
     keras.utils.set_random_seed(settings.seed)
     model = build_unet(model_settings, tile_size=data.tile_size, n_channels=len(data.channels))
-    initial = initialise_from(model, settings.initial_model, data.channels) if settings.initial_model else None
+    initial = None
+    if settings.initial_model:
+        initial = initialise_from(model, settings.initial_model, data.channels)
     phases = plan_phases(model_settings.encoder, settings)
     steps = epoch_steps(len(data.train), int(data.train_positive.sum()), settings)
     loss = make_loss(

@@ -75,15 +75,16 @@ def test_an_initial_model_of_other_channels_or_architecture_is_refused(first: Pa
     same = build_unet(ModelSettings.from_config(TINY_MODEL), tile_size=32, n_channels=3)
     with pytest.raises(InputError, match=r"train.initial_model: .* channels \[elevation, sobel, clahe\]"):
         initialise_from(same, str(first), ("local_relief", "slope", "hillshade"))
-    wider = build_unet(ModelSettings.from_config({**TINY_MODEL, "base_filters": 16}), tile_size=32, n_channels=3)
-    with pytest.raises(InputError, match="train.initial_model: .* another architecture"):
+    wider_settings = ModelSettings.from_config({**TINY_MODEL, "base_filters": 16})
+    wider = build_unet(wider_settings, tile_size=32, n_channels=3)
+    with pytest.raises(InputError, match=r"train\.initial_model: .* another architecture"):
         initialise_from(wider, str(first), CHANNELS)
-    with pytest.raises(InputError, match="train.initial_model: model file not found"):
+    with pytest.raises(InputError, match=r"train\.initial_model: model file not found"):
         initialise_from(same, str(first.with_name("missing.keras")), CHANNELS)
 
 
 def test_initial_model_must_be_a_string() -> None:
-    with pytest.raises(ConfigError, match="train.initial_model"):
+    with pytest.raises(ConfigError, match=r"train\.initial_model"):
         TrainSettings(initial_model=3)  # type: ignore[arg-type]
 
 
@@ -91,7 +92,8 @@ def test_pretrained_names_the_shipped_model(tmp_path: Path, monkeypatch: pytest.
     assert model_path("results/models/unet/model.keras") == Path("results/models/unet/model.keras")
     shipped = tmp_path / "pretrained" / "model.keras"
     monkeypatch.setattr(config_module, "PRETRAINED_MODEL", shipped)
-    with pytest.raises(ConfigError, match=r"predict.model: the shipped pretrained model is missing .*make pretrained"):
+    missing = r"predict\.model: the shipped pretrained model is missing .*make pretrained"
+    with pytest.raises(ConfigError, match=missing):
         model_path("pretrained", key="predict.model")
     shipped.parent.mkdir()
     shipped.write_bytes(b"x")
@@ -107,8 +109,10 @@ def test_config_keys_naming_a_missing_model_fail_with_one_line(
     regions = {"r": {"source": "synthetic", "role": "train", "labels": "synthetic", "resolution_m": 30}}
     for section, key in (("predict", "model"), ("train", "initial_model")):
         cfg = validate_config({"regions": regions, section: {key: "pretrained"}}, source="c.yaml")
-        with pytest.raises(ConfigError, match=rf"^c.yaml: {section}.{key}: the shipped pretrained model is missing"):
+        missing = rf"^c\.yaml: {section}\.{key}: the shipped pretrained model is missing"
+        with pytest.raises(ConfigError, match=missing):
             check_input_files(cfg, source="c.yaml", base=tmp_path)
         cfg = validate_config({"regions": regions, section: {key: "models/m.keras"}}, source="c.yaml")
-        with pytest.raises(ConfigError, match=rf"^c.yaml: {section}.{key}: model file not found: models/m.keras"):
+        not_found = rf"^c\.yaml: {section}\.{key}: model file not found: models/m\.keras"
+        with pytest.raises(ConfigError, match=not_found):
             check_input_files(cfg, source="c.yaml", base=tmp_path)
