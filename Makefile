@@ -9,7 +9,7 @@ SNAKEMAKE_ARGS ?=
 
 CROSSVAL_CONFIG ?= config/crossval_synthetic.yaml
 
-.PHONY: run test lint pytest setup slurm bench clean crossval
+.PHONY: run test lint pytest setup slurm bench pretrained clean crossval
 
 setup: $(STAMP)
 
@@ -53,6 +53,17 @@ test: lint slurm pytest
 # 1.5-minute variant of the smoke test; BENCH_ARGS passes other options (e.g. --only memory).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# The model shipped in cinderseg/pretrained/ (README, "Mapping a new volcano"): trained by
+# config/synthetic_pretrain.yaml on synthetic terrain only, then copied into the package.
+PRETRAINED_RUN := results/models/synthetic_pretrained
+pretrained: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --configfile config/synthetic_pretrain.yaml \
+		$(PRETRAINED_RUN)/model.keras $(PRETRAINED_RUN)/model_card.json
+	mkdir -p cinderseg/pretrained
+	for f in model.keras model_card.json; do \
+		cp $(PRETRAINED_RUN)/$$f cinderseg/pretrained/.$$f.tmp && mv cinderseg/pretrained/.$$f.tmp cinderseg/pretrained/$$f; \
+	done
 
 clean:
 	rm -rf results .snakemake

@@ -5,6 +5,9 @@ folder beside the output, with the settings the model was trained with (from its
 
     python -m cinderseg predict --model results/models/unet/model.keras \\
         --dem my_volcano.tif --out my_volcano_cones.gpkg --probability my_volcano_probability.tif
+
+Without ``--model`` (or with ``--model pretrained``) it applies the model shipped in
+``cinderseg/pretrained/``, trained on synthetic terrain only: cones on any DEM, no labels needed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from cinderseg.config import MODEL_CARD
+from cinderseg.config import MODEL_CARD, PRETRAINED_KEYWORD, model_path
 from cinderseg.errors import CinderSegError, InputError
 
 log = logging.getLogger("cinderseg")
@@ -194,7 +197,12 @@ def _parser() -> argparse.ArgumentParser:
         help="map the cones of a DEM with a trained model",
         description="Map the cones of a DEM with a trained model: cone polygons with morphometry.",
     )
-    p.add_argument("--model", required=True, help="trained model (.keras) with model_card.json beside it")
+    p.add_argument(
+        "--model",
+        default=PRETRAINED_KEYWORD,
+        help="trained model (.keras) with model_card.json beside it (default: 'pretrained', the model "
+        "shipped with cinderseg, trained on synthetic terrain only)",
+    )
     p.add_argument("--dem", required=True, nargs="+", help="DEM file(s), any GDAL format and CRS (mosaicked)")
     p.add_argument("--out", required=True, help="output cone layer (.gpkg)")
     p.add_argument("--probability", help="also write the probability raster (GeoTIFF) here")
@@ -221,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predict_config["tta"] = args.tta
     try:
         summary = predict_dem(
-            args.model,
+            model_path(args.model, key="--model"),
             args.dem,
             args.out,
             probability_path=args.probability,

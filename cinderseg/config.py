@@ -29,6 +29,27 @@ REGION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 MODEL_CARD = "model_card.json"
 #: Keyword values of ``model.encoder_weights``; anything else is a path to a weights file.
 WEIGHT_KEYWORDS: tuple[str, ...] = ("pretrained", "imagenet", "none")
+#: The U-Net shipped with cinderseg, trained on synthetic terrain only (config/synthetic_pretrain.yaml,
+#: rebuilt by ``make pretrained``), with its model card beside it.
+PRETRAINED_MODEL = Path(__file__).resolve().parent / "pretrained" / "model.keras"
+#: The keyword naming :data:`PRETRAINED_MODEL` in ``predict.model``, ``train.initial_model`` and the
+#: ``--model`` option of ``python -m cinderseg predict``.
+PRETRAINED_KEYWORD = "pretrained"
+
+
+def model_path(value: str | Path, *, key: str = "model") -> Path:
+    """The model file a config value or ``--model`` names: ``pretrained`` is the shipped model.
+
+    Raises ConfigError (naming ``key``) when the shipped model is asked for but missing.
+    """
+    if str(value).strip().lower() != PRETRAINED_KEYWORD:
+        return Path(value)
+    if not PRETRAINED_MODEL.is_file() or not PRETRAINED_MODEL.with_name(MODEL_CARD).is_file():
+        raise ConfigError(
+            f"{key}: the shipped pretrained model is missing ({PRETRAINED_MODEL} and its "
+            f"{MODEL_CARD}); rebuild it with `make pretrained`"
+        )
+    return PRETRAINED_MODEL
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -267,7 +288,19 @@ def check_input_files(cfg: Mapping[str, Any], *, source: str = "config", base: s
         labels = region.get("labels")
         if labels and labels != "synthetic" and not (Path(base) / labels).exists():
             raise ConfigError(f"{source}: regions.{name}.labels: labels file not found: {labels}")
+    initial = cfg.get("train", {}).get("initial_model")
+    if initial:
+        initial = model_path(initial, key=f"{source}: train.initial_model")
+        if not (Path(base) / initial).is_file():
+            raise ConfigError(f"{source}: train.initial_model: model file not found: {initial}")
+        if not (Path(base) / initial).with_name(MODEL_CARD).is_file():
+            raise ConfigError(
+                f"{source}: train.initial_model: model card not found beside the model: "
+                f"{Path(initial).with_name(MODEL_CARD)}"
+            )
     model = cfg.get("predict", {}).get("model")
+    if model:
+        model = str(model_path(model, key=f"{source}: predict.model"))
     if model and not (Path(base) / model).is_file():
         raise ConfigError(f"{source}: predict.model: model file not found: {model}")
     if model and not (Path(base) / model).with_name(MODEL_CARD).is_file():

@@ -69,10 +69,11 @@ from matplotlib.ticker import MaxNLocator
 import cinderseg
 from cinderseg.augment import NOT_TRANSFORMED, augment_tile, exaggeration_report, shape_draws
 from cinderseg.calibrate import LogitHistogram, calibration_report
+from cinderseg.config import MODEL_CARD, model_path
 from cinderseg.errors import ConfigError, InputError
 from cinderseg.features import FeatureSettings
 from cinderseg.losses import iou_metric, make_loss, precision_metric, recall_metric
-from cinderseg.model import ModelSettings, build_unet, set_encoder_trainable
+from cinderseg.model import ModelSettings, build_unet, load_model, set_encoder_trainable
 from cinderseg.raster import atomic_write
 from cinderseg.settings import is_int, is_number, known_keys_only
 from cinderseg.tiles import load_tiles, read_manifest
@@ -123,6 +124,7 @@ class TrainSettings:
     relief_exaggeration: tuple[float, float] | None = None
     resolution_scale: tuple[float, float] | None = None
     calibrate: bool = True
+    initial_model: str = ""
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, expected: str) -> None:
@@ -172,6 +174,7 @@ class TrainSettings:
         ):
             object.__setattr__(self, key, factor_range(f"train.{key}", getattr(self, key), low, high))
         need(isinstance(self.calibrate, bool), "calibrate", "true or false")
+        need(isinstance(self.initial_model, str), "initial_model", "'', 'pretrained' or a .keras model path")
 
     @property
     def shape_augmentation(self) -> bool:
@@ -1082,6 +1085,52 @@ def _load_weights_quietly(model: keras.Model, path: Path) -> None:
 # --------------------------------------------------------------------------- training
 
 
+def initialise_from(model: keras.Model, initial_model: str, channels: Sequence[str]) -> dict[str, Any]:
+    """Copy the weights of a trained cinderseg model into ``model`` (fine-tuning starts from them).
+
+    ``initial_model``: ``pretrained`` (the shipped model, :data:`cinderseg.config.PRETRAINED_MODEL`) or
+    a path to a ``.keras`` model with its model card beside it. Its card's channels must equal
+    ``channels`` (the tiles' channels, in order) and its architecture ``model``'s (same encoder and
+    filters; the tile size may differ: the U-Net is fully convolutional). Raises InputError (one line
+    naming ``train.initial_model`` and the file) otherwise. Returns what the model card records of it.
+    """
+    key = "train.initial_model"
+    try:
+        path = model_path(initial_model, key=key)
+    except ConfigError as err:
+        raise InputError(str(err)) from err
+    card_path = path.with_name(MODEL_CARD)
+    if not path.is_file():
+        raise InputError(f"{key}: model file not found: {path}")
+    if not card_path.is_file():
+        raise InputError(f"{key}: model card not found beside the model: {card_path}")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{key}: {card_path}: not a readable model card ({err})") from err
+    if list(card.get("channels") or []) != list(channels):
+        raise InputError(
+            f"{key}: {path} was trained on channels [{', '.join(card.get('channels') or [])}], the tiles "
+            f"have [{', '.join(channels)}]; set features.channels to the model's"
+        )
+    source = load_model(path, compile=False)
+    ours = [tuple(w.shape) for w in model.weights]
+    theirs = [tuple(w.shape) for w in source.weights]
+    if ours != theirs:
+        raise InputError(
+            f"{key}: {path} is another architecture ({len(theirs)} weight arrays, "
+            f"{int(source.count_params())} parameters) than model ({len(ours)} weight arrays, "
+            f"{int(model.count_params())} parameters); set the model section to the card's settings.model"
+        )
+    model.set_weights(source.get_weights())
+    log.info("initial weights from %s (trained on %s)", path, ", ".join(card.get("training_regions", [])))
+    return {
+        "path": str(initial_model),
+        "training_regions": card.get("training_regions", []),
+        "data_fingerprint": card.get("data_fingerprint"),
+    }
+
+
 def train_model(
     tiles_paths: Sequence[str | os.PathLike[str]],
     manifest_paths: Sequence[str | os.PathLike[str]],
@@ -1157,6 +1206,9 @@ def train_model(
 
     keras.utils.set_random_seed(settings.seed)
     model = build_unet(model_settings, tile_size=data.tile_size, n_channels=len(data.channels))
+    initial = None
+    if settings.initial_model:
+        initial = initialise_from(model, settings.initial_model, data.channels)
     phases = plan_phases(model_settings.encoder, settings)
     steps = epoch_steps(len(data.train), int(data.train_positive.sum()), settings)
     loss = make_loss(
@@ -1275,6 +1327,7 @@ def train_model(
         "config": {"model": dict(model_config or {}), "train": dict(train_config or {})},
         "settings": {"model": _settings_dict(model_settings), "train": asdict(settings)},
         "training_regions": summary["regions"],
+        "initial_model": initial,
         "tiles": {k: v for k, v in summary.items() if k != "regions"},
         "channels": list(data.channels),
         "features": dict(features_config or {}),

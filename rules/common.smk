@@ -7,6 +7,7 @@ from cinderseg.config import (
     check_input_files,
     check_writable,
     labelled_regions,
+    model_path,
     region_names,
     validate_config,
 )
@@ -62,11 +63,12 @@ def cores_given():
 # 8 on a cluster without --cores (profiles/slurm sets them with set-threads).
 TRAIN_THREADS = max(1, min(cores_given() or 8, 16))
 MODEL_FILES = ["model.keras", "history.csv", "training_curves.png", "model_card.json"]
-# The model the predict step applies: predict.model if set, else the one trained by this workflow.
+# The model the predict step applies: predict.model if set ('pretrained': the shipped one), else the
+# one trained by this workflow.
 PREDICT_MODEL = (
-    config["predict"].get("model") or f"results/models/{MODEL}/model.keras"
-    if (TRAINING or config["predict"].get("model"))
-    else None
+    str(model_path(config["predict"]["model"]))
+    if config["predict"].get("model")
+    else f"results/models/{MODEL}/model.keras" if TRAINING else None
 )
 CONE_FIGURES = ["size_frequency", "height_vs_diameter", "cone_map"]
 if PREDICT_MODEL is None:
@@ -119,6 +121,15 @@ def training_tiles(wildcards):
 def training_manifests(wildcards):
     """Tile manifests (.csv) of all regions with role 'train', in the order of training_tiles."""
     return expand("results/tiles/{region}.csv", region=TRAINING)
+
+
+def initial_model_files(wildcards):
+    """The model (and its card) whose weights train.initial_model starts training from; none if unset."""
+    initial = config["train"].get("initial_model")
+    if not initial:
+        return []
+    path = model_path(initial)
+    return [str(path), str(path.with_name("model_card.json"))]
 
 
 def prediction_model(wildcards):

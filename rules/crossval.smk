@@ -59,6 +59,7 @@ rule crossval_train:
     input:
         tiles=fold_training_tiles,
         manifests=fold_training_manifests,
+        initial_model=initial_model_files,
     output:
         model="results/crossval/models/{fold}/model.keras",
         history="results/crossval/models/{fold}/history.csv",

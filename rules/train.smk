@@ -6,6 +6,7 @@ rule train:
     input:
         tiles=training_tiles,
         manifests=training_manifests,
+        initial_model=initial_model_files,
     output:
         model="results/models/{model}/model.keras",
         history="results/models/{model}/history.csv",
