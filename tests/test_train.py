@@ -28,10 +28,12 @@ from cinderseg.train import (
     TrainSettings,
     augment_numpy,
     augment_pair,
+    augmentation_summary,
     data_fingerprint,
     epoch_draws,
     epoch_steps,
     eval_dataset,
+    log_augmentation,
     make_callbacks,
     monitor_mode,
     open_training_data,
@@ -475,26 +477,21 @@ def test_tiny_training_learns_and_writes_its_outputs(
     assert result["iou"] == pytest.approx(saved["best_value"], abs=1e-4)
 
 
-def test_shape_augmentation_is_logged_and_recorded(tmp_path: Path, cone_data: dict[str, Any]) -> None:
-    handler, logger = _ListHandler(), logging.getLogger("cinderseg")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    train = {"epochs": 1, "batch_size": 8, "relief_exaggeration": [0.4, 1.6], "resolution_scale": [0.7, 1.4],
-             "calibrate": False}  # fmt: skip
-    try:
-        card = train_model(cone_data["tiles"], cone_data["manifests"], **outputs(tmp_path), tile_size=SIZE,
-                           model_config=TINY_MODEL, train_config=train, threads=2)  # fmt: skip
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    aug = card["augmentation"]
-    assert aug["relief_exaggeration"] == [0.4, 1.6] and aug["resolution_scale"] == [0.7, 1.4]
-    assert aug["exaggeration_channels"]["elevation"]["transform"] == "exact"
-    assert aug["exaggeration_channels"]["sobel"]["transform"] == "approximate"  # no slope channel
-    assert card["settings"]["train"]["resolution_scale"] == (0.7, 1.4)
-    assert card["temperature"] == 1.0 and not card["calibration"]["fitted"]
-    assert any("relief exaggeration of channel sobel: approximate" in line for line in handler.lines)
+def test_shape_augmentation_is_logged_and_summarised_for_the_card(caplog: pytest.LogCaptureFixture) -> None:
+    s = TrainSettings(relief_exaggeration=[0.4, 1.6], resolution_scale=[0.7, 1.4])
+    summary = augmentation_summary(s, ("elevation", "sobel", "clahe"), 45.0)
+    assert summary["relief_exaggeration"] == [0.4, 1.6] and summary["resolution_scale"] == [0.7, 1.4]
+    channels = summary["exaggeration_channels"]
+    assert channels["elevation"]["transform"] == "exact"
+    assert channels["sobel"]["transform"] == "approximate"  # no slope channel: clipped values are bounds
+    assert json.loads(json.dumps(summary)) == summary  # goes into the card as it is
+    with caplog.at_level(logging.INFO, logger="cinderseg"):
+        log_augmentation(augmentation_summary(s, ("local_relief", "hillshade"), 45.0), features_given=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("channel hillshade: not transformed" in w for w in warnings)
+    assert any("sun altitude of 45 deg" in w for w in warnings)
+    off = augmentation_summary(TrainSettings(), ("slope",), 45.0)
+    assert off == {"symmetries": True, "relief_exaggeration": None, "resolution_scale": None}
 
 
 def test_frozen_phase_keeps_the_encoder_then_fine_tuning_moves_it(
