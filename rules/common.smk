@@ -140,6 +140,11 @@ def prediction_model(wildcards):
     }
 
 
+def expected_tile_size(wildcards):
+    """tiling.size, which the model trained here has; None for a given predict.model (its own tiles)."""
+    return None if config["predict"].get("model") else config["tiling"]["size"]
+
+
 def predict_settings(wildcards):
     """The predict section without the model path (an input, not a setting)."""
     return {k: v for k, v in config["predict"].items() if k != "model"}

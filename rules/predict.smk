@@ -21,7 +21,7 @@ rule predict:
     params:
         predict=predict_settings,
         channels=config["features"]["channels"],
-        tile_size=config["tiling"]["size"],
+        tile_size=expected_tile_size,
     script:
         "../scripts/predict.py"
 
