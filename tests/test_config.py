@@ -50,6 +50,7 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
         "config/synthetic_pretrain.yaml",
         "config/new_volcano.yaml",
         "config/fine_tune.yaml",
+        "config/transfer_synthetic.yaml",
     ],
 )
 def test_shipped_configs_are_valid(path: str) -> None:

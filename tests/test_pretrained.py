@@ -54,3 +54,17 @@ def test_predict_without_a_model_maps_cones_of_an_unseen_volcano(tmp_path: Path)
     settings = EvaluateSettings()
     scores = object_metrics(truth, found, match_cones(truth, found, settings), settings)
     assert scores["f1"] is not None and scores["f1"] >= 0.6, scores
+
+
+def test_the_transfer_regions_are_not_training_regions_of_the_shipped_model() -> None:
+    """config/transfer_synthetic.yaml scores terrain the shipped model never saw, and no shipped config
+    reuses a region name of the pretraining (results/ of both may share a folder)."""
+    pretrain = load_config(PRETRAIN_CONFIG)["regions"]
+    seeds = {r["synthetic"]["seed"] for r in pretrain.values()}
+    transfer = load_config(REPO / "config" / "transfer_synthetic.yaml")
+    assert transfer["predict"]["model"] == "pretrained"
+    assert {r["synthetic"]["seed"] for r in transfer["regions"].values()}.isdisjoint(seeds)
+    assert all(r["role"] == "test" for r in transfer["regions"].values())
+    for path in [*sorted((REPO / "config").glob("*.yaml")), REPO / "config.yaml"]:
+        if path != PRETRAIN_CONFIG:
+            assert set(load_config(path)["regions"]).isdisjoint(pretrain), path.name
