@@ -583,8 +583,13 @@ def test_training_resumes_after_a_kill(
     assert card["resumed_from_epochs"] == [2] and card["sessions"] == 2 and card["epochs_run"] == 5
     # the same metrics as the uninterrupted run: same tiles, weights, optimizer and dropout states
     uninterrupted = pd.read_csv(tiny_run["out"]["history_path"])
-    for key in ("loss", "iou", "val_loss", "val_iou"):
+    for key in ("loss", "val_loss"):
         assert history[key].tolist() == pytest.approx(uninterrupted[key].tolist(), rel=1e-4), key
+    # IoU thresholds each pixel at 0.5: float rounding under another thread count (the test session's
+    # TensorFlow against the killed subprocess's) flips a few of 16 384 pixels, moving it by ~2e-4; a resume
+    # from other tiles or weights would move it by as much as an epoch does (0.05 here)
+    for key in ("iou", "val_iou"):
+        assert history[key].tolist() == pytest.approx(uninterrupted[key].tolist(), abs=2e-3), key
     assert not state.parent.exists()
     model = load_model(out["model_path"])
     assert model.output_shape == (None, SIZE, SIZE, 1)
