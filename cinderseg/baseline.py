@@ -15,12 +15,9 @@ radial relief profiles. Everything is in the DEM's metric CRS: lengths in metres
 2. Candidates: maxima of the response over 3 x 3 pixels at each scale, at least ``min_response_m``,
    at valid pixels. Scales are not compared with each other: a cone on a larger hill (a summit
    dome) keeps its own maximum.
-3. Outline: from the candidate's centre, :data:`N_AZIMUTHS` relief profiles (elevation minus a base
-   surface: a quadric fitted to a ring 1.5-2.4 scale radii around, then a plane fitted to a ring
-   1.1-1.6 times the first outline) are followed outward to the toe: where the relief reaches zero,
-   or, below half height, where the descent slows to a quarter of the flank's steepest descent, or
-   the low point before a saddle with a neighbour, or nodata. The outline is the star polygon of
-   these basal radii (median of 3 neighbouring azimuths, then a [1, 2, 1] / 4 smoothing).
+3. Outline (:mod:`cinderseg.outline`): from the candidate's centre, radial relief profiles are
+   followed outward to the toe (relief back to zero, the foot of the flank, a saddle with a
+   neighbour, or nodata); the outline is the star polygon of these basal radii.
 4. Filters: basal diameter ``2 sqrt(area / pi)`` within ``min_diameter_m .. max_diameter_m``; height
    above the base plane at least ``min_relief_m``; roundness (minor / major axis of the outline's
    inertia ellipse) at least ``min_roundness``; mean flank slope ``atan(2 height / diameter)`` (the
@@ -51,10 +48,10 @@ import numpy as np
 import rasterio
 import scipy.fft
 import shapely
-from rasterio.windows import Window
 from scipy import ndimage
 
 from cinderseg.errors import ConfigError, InputError
+from cinderseg.outline import WINDOW_REACH, outline_at, outline_polygon, read_padded
 from cinderseg.raster import iter_windows, open_raster
 from cinderseg.settings import check_number, is_int, known_keys_only
 from cinderseg.vectorize import cone_attributes, write_cone_layer
@@ -81,19 +78,6 @@ KERNEL_TRUNCATE = 3.0
 """Smoothing kernels are cut at this many standard deviations."""
 MIN_WEIGHT = 0.3
 """A smoothed value needs at least this fraction of its Gaussian weight on valid pixels."""
-N_AZIMUTHS = 32
-"""Radial profiles per candidate."""
-RAY_REACH = 2.0
-"""Profiles run to this many scale radii from the centre; an outline cannot reach further."""
-WINDOW_REACH = 2.6
-"""Half-width of the analysis window around a candidate, in scale radii (profiles and base rings)."""
-TOE_BREAK = 0.25
-"""Below half height, a profile reaches the toe where its descent slows to this fraction of the flank's
-steepest descent."""
-SADDLE_RISE = 0.1
-"""A profile stops at a saddle where its relief rises again by this fraction of the cone height."""
-MAX_RING_POINTS = 4000
-"""Base rings are subsampled on a regular grid to at most about this many pixels."""
 GDAL_CACHE_BYTES = 64 * 1024 * 1024
 """GDAL block cache while the step runs (bytes), as in cinderseg.mask."""
 
@@ -289,145 +273,6 @@ def _candidates(
     return found
 
 
-# --------------------------------------------------------------------------- outlines
-
-
-def _design(dx: np.ndarray, dy: np.ndarray, order: int) -> np.ndarray:
-    """Polynomial terms (1, dx, dy[, dx^2, dx dy, dy^2]) stacked on the last axis."""
-    terms = [np.ones_like(dx), dx, dy]
-    if order == 2:
-        terms += [dx * dx, dx * dy, dy * dy]
-    return np.stack(terms, axis=-1)
-
-
-def _fit_surface(dx: np.ndarray, dy: np.ndarray, z: np.ndarray, order: int) -> np.ndarray | None:
-    """Robust least-squares surface of ``order`` 1 (plane) or 2 (quadric); points beyond 2.5 MAD of
-    the residuals are dropped and the fit repeated, twice. None with too few points."""
-    design = _design(dx, dy, order)
-    keep = np.ones(z.size, dtype=bool)
-    coef = None
-    for _ in range(3):
-        if keep.sum() < 4 * design.shape[1]:
-            return coef
-        a = design[keep]
-        try:
-            coef = np.linalg.solve(a.T @ a, a.T @ z[keep])  # normal equations: small and fast
-        except np.linalg.LinAlgError:
-            coef = np.linalg.lstsq(a, z[keep], rcond=None)[0]
-        res = z - design @ coef
-        med = np.median(res[keep])
-        mad = 1.4826 * np.median(np.abs(res[keep] - med)) + 1e-6
-        keep = np.abs(res - med) <= 2.5 * mad
-    return coef
-
-
-_AZ = np.arange(N_AZIMUTHS) * (2.0 * math.pi / N_AZIMUTHS)  # counter-clockwise from east
-
-
-def _first(mask: np.ndarray, default: np.ndarray) -> np.ndarray:
-    """Index of the first True along the last axis of each row, ``default`` where there is none."""
-    return np.where(mask.any(axis=1), np.argmax(mask, axis=1), default)
-
-
-def _toes(p: np.ndarray, d: np.ndarray, inner: np.ndarray, height: float, rise: float) -> np.ndarray:
-    """Sample index of the toe of each radial relief profile (rows of ``p``; descent ``d``, m per pixel).
-
-    The first sample beyond the profile's top (its maximum within ``inner``) where the relief reaches
-    zero; or, below half height, where the descent has slowed to ``TOE_BREAK`` of the flank's steepest
-    descent (the foot of the flank on curved ground); or the low point before a rise of ``rise``
-    metres (a saddle with a neighbour); or the last valid sample before nodata; or the last sample.
-    """
-    n = p.shape[1]
-    idx = np.arange(n)[None, :]
-    finite = np.isfinite(p)
-    top = np.argmax(np.where(inner[None, :] & finite, p, -np.inf), axis=1)[:, None]
-    after = idx > top
-    last = np.full(p.shape[0], n - 1)
-    end = _first(after & ~finite, last + 1) - 1
-    pf = np.where(finite, p, np.inf)
-    end = np.minimum(end, _first(after & (pf <= 0.0), last))[:, None]
-    flank = after & (idx <= end) & np.isfinite(d)
-    dd = np.where(flank, d, -np.inf)
-    steep = np.argmax(dd, axis=1)[:, None]
-    d_steep = np.take_along_axis(dd, steep, axis=1)
-    slow = flank & (idx > steep) & (pf < 0.5 * height) & (d < TOE_BREAK * d_steep)
-    end = np.minimum(end[:, 0], _first(slow, last))[:, None]
-    span = (idx >= top) & (idx <= end)
-    seg = np.where(span, pf, np.inf)
-    low = np.minimum.accumulate(seg, axis=1)
-    up = _first(span & (seg > low + rise), last + 1)[:, None]
-    saddle = np.argmin(np.where(idx < up, seg, np.inf), axis=1)
-    end = np.where(up[:, 0] <= n - 1, saddle, end[:, 0])
-    return np.maximum(end, 1)
-
-
-def _ray_radii(relief: np.ndarray, cy: int, cx: int, r0: float) -> tuple[np.ndarray, float] | None:
-    """Basal radius (pixels) along each azimuth and the cone height (m) from a relief window."""
-    step = 0.5
-    t = np.arange(0.0, RAY_REACH * r0 + step, step)
-    ys = cy - np.sin(_AZ)[:, None] * t[None, :]  # rows run south
-    xs = cx + np.cos(_AZ)[:, None] * t[None, :]
-    prof = ndimage.map_coordinates(relief, [ys.ravel(), xs.ravel()], order=1, mode="constant", cval=np.nan)
-    prof = prof.reshape(ys.shape)
-    inner = t <= max(0.7 * r0, 1.0)
-    top = prof[:, inner]
-    if not np.isfinite(top[:, 0]).all():
-        return None
-    height = float(np.nanmax(top))
-    if height <= 0:
-        return None
-    descent = np.full(prof.shape, np.nan)
-    descent[:, 1:-1] = (prof[:, :-2] - prof[:, 2:]) / (2.0 * step)
-    # the toe sample lies about half a pixel past the foot (bilinear interpolation blurs the break)
-    radii = np.maximum(_toes(prof, descent, inner, height, SADDLE_RISE * height) * step - 0.5, step)
-    med = np.median(np.stack([np.roll(radii, 1), radii, np.roll(radii, -1)]), axis=0)  # circular median of 3
-    return 0.25 * np.roll(med, 1) + 0.5 * med + 0.25 * np.roll(med, -1), height  # then a light smoothing
-
-
-@dataclass(frozen=True)
-class _Outline:
-    radii: np.ndarray  # basal radius (pixels) per azimuth of _AZ
-    height: float  # metres above the base plane
-    valid_fraction: float  # of the pixels inside the outline
-
-
-def _outline(z: np.ndarray, valid: np.ndarray, row: int, col: int, r0: float) -> _Outline | None:
-    """Outline of the cone around pixel (row, col) of a padded block; ``r0``: scale radius (pixels)."""
-    reach = math.ceil(WINDOW_REACH * r0) + 1
-    r0w, c0w = max(0, row - reach), max(0, col - reach)
-    zw = z[r0w : row + reach + 1, c0w : col + reach + 1]
-    vw = valid[r0w : row + reach + 1, c0w : col + reach + 1]
-    cy, cx = row - r0w, col - c0w
-    dyi = np.arange(zw.shape[0])[:, None] - cy
-    dxi = np.arange(zw.shape[1])[None, :] - cx
-    dy = np.broadcast_to(dyi / r0, zw.shape)  # in scale radii: a well-conditioned fit at every scale
-    dx = np.broadcast_to(dxi / r0, zw.shape)
-    dist = np.hypot(dx, dy) * r0
-    az = np.mod(np.arctan2(-dy, dx), 2.0 * math.pi)
-    stride = max(1, math.ceil(math.sqrt(math.pi * (2.4**2 - 1.5**2) * r0 * r0 / MAX_RING_POINTS)))
-    sub = (dyi % stride == 0) & (dxi % stride == 0)  # anchored on the centre: independent of the block
-
-    ring = vw & sub & (dist >= 1.5 * r0) & (dist <= 2.4 * r0)
-    got = None
-    rho = dist
-    for order in (2, 1):  # a quadric on the wide ring follows curved ground; then a plane just outside
-        coef = _fit_surface(dx[ring], dy[ring], zw[ring], order)
-        if coef is None:
-            return None
-        relief = np.where(vw, zw - _design(dx, dy, order) @ coef, np.nan)
-        got = _ray_radii(relief, cy, cx, r0)
-        if got is None:
-            return None
-        radii = got[0]
-        rho = dist / np.interp(az, np.append(_AZ, 2.0 * math.pi), np.append(radii, radii[0]))
-        ring = vw & sub & (rho >= 1.1) & (rho <= 1.6)
-    assert got is not None
-    inside = rho <= 1.0
-    n_in = int(inside.sum())
-    valid_fraction = float((inside & vw).sum()) / n_in if n_in else 0.0
-    return _Outline(radii=got[0], height=got[1], valid_fraction=valid_fraction)
-
-
 def _roundness(xy: np.ndarray) -> float:
     """Minor / major axis ratio of the inertia ellipse of a simple polygon (vertices, any units)."""
     x, y = xy[:, 0] - xy[:, 0].mean(), xy[:, 1] - xy[:, 1].mean()
@@ -446,22 +291,6 @@ def _roundness(xy: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- detection
-
-
-def _read_padded(
-    ds: rasterio.DatasetReader, win: Window, halo: int
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """``win`` grown by ``halo`` as float64 (NaN outside the raster), its validity and its top-left pixel."""
-    r0, c0 = int(win.row_off) - halo, int(win.col_off) - halo
-    h, w = int(win.height) + 2 * halo, int(win.width) + 2 * halo
-    rr0, cc0 = max(r0, 0), max(c0, 0)
-    rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
-    z = np.full((h, w), np.nan)
-    z[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = ds.read(1, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
-    valid = np.isfinite(z)
-    if ds.nodata is not None and not math.isnan(ds.nodata):
-        valid &= z != ds.nodata
-    return z, valid, r0, c0
 
 
 @dataclass(frozen=True)
@@ -486,15 +315,12 @@ def _block_detections(
     cands = _candidates(z, valid, halo, scales, settings.min_response_m)
     for cand in cands:
         r0 = float(scales.sigma[cand.scale]) / SIGMA_PER_RADIUS
-        out = _outline(z, valid, cand.row, cand.col, r0)
+        out = outline_at(z, valid, cand.row, cand.col, r0)
         if out is None or out.valid_fraction < 0.5 or out.height < settings.min_relief_m:
             continue
         row, col = origin[0] + cand.row, origin[1] + cand.col
-        cols = col + 0.5 + np.cos(_AZ) * out.radii
-        rows = row + 0.5 - np.sin(_AZ) * out.radii
-        t = ds.transform
-        xy = np.column_stack([t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f])
-        poly = shapely.Polygon(xy)
+        poly = outline_polygon(out, row, col, ds.transform)
+        xy = np.asarray(poly.exterior.coords)[:-1]
         if not poly.is_valid or poly.area <= 0:
             continue
         diameter = 2.0 * math.sqrt(poly.area / math.pi)
@@ -569,7 +395,7 @@ def detect_cones(
         scales = _scales(settings, res_x)
         halo = halo_px(settings, res_x)
         for win in iter_windows(ds.height, ds.width, settings.block_px):
-            z, valid, top, left = _read_padded(ds, win, halo)
+            z, valid, top, left = read_padded(ds, win, halo)
             n_core = int(valid[halo : halo + int(win.height), halo : halo + int(win.width)].sum())
             n_valid += n_core
             if n_core == 0:

@@ -1148,6 +1148,7 @@ def train_model(
     state_dir: str | os.PathLike[str] | None = None,
     threads: int = 1,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    fold: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the U-Net on the tiles of the training regions; write the model and its reports.
 
@@ -1158,7 +1159,8 @@ def train_model(
     TensorFlow may use. ``extra_callbacks`` run after the built-in ones (tests). ``features_config``
     (the features section the tiles were computed with) and ``resolutions_m`` (pixel size of each
     training region) go into the card, so that the model can be applied to a new DEM the same way
-    (``python -m cinderseg predict``). Returns the card.
+    (``python -m cinderseg predict``). ``fold`` (a cross-validation fold as plain data,
+    :meth:`cinderseg.folds.Fold.as_params`: what it holds out) goes into the card too. Returns the card.
     """
     started = time.perf_counter()
     configure_threads(threads)
@@ -1327,6 +1329,7 @@ def train_model(
         "config": {"model": dict(model_config or {}), "train": dict(train_config or {})},
         "settings": {"model": _settings_dict(model_settings), "train": asdict(settings)},
         "training_regions": summary["regions"],
+        "fold": dict(fold) if fold is not None else None,
         "initial_model": initial,
         "tiles": {k: v for k, v in summary.items() if k != "regions"},
         "channels": list(data.channels),

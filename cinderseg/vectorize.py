@@ -60,6 +60,7 @@ from skimage.segmentation import watershed
 
 from cinderseg import plots
 from cinderseg.errors import ConfigError, InputError
+from cinderseg.outline import dem_outline
 from cinderseg.raster import atomic_write, iter_windows, open_raster, padded_window
 from cinderseg.settings import is_int, is_number, known_keys_only
 
@@ -148,6 +149,14 @@ SMOOTH_MAX_CHANGED = 0.02
 _F64 = np.float64
 
 
+#: Values of ``vectorize.outline``: the network's own object outline, or the DEM outline
+#: (:mod:`cinderseg.outline`) drawn around each network object.
+OUTLINES = ("network", "dem")
+#: Two DEM outlines overlapping by more than this fraction of the smaller one's area are one cone
+#: (the baseline's max_overlap default).
+DEM_OUTLINE_MAX_OVERLAP = 0.3
+
+
 # =========================================================================== settings
 @dataclass(frozen=True)
 class VectorizeSettings:
@@ -167,8 +176,22 @@ class VectorizeSettings:
     ring_width_px: int = 2
     block_px: int = 2048
     min_circularity: float = 0.7
+    outline: str = "dem"
+    min_height_m: float = 20.0
+    min_height_to_diameter: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.outline not in OUTLINES:
+            raise ConfigError(
+                f"vectorize.outline: expected one of {', '.join(OUTLINES)}, got {self.outline!r}"
+            )
+        if not is_number(self.min_height_m) or self.min_height_m < 0:
+            raise ConfigError(f"vectorize.min_height_m: expected a number >= 0, got {self.min_height_m!r}")
+        if not is_number(self.min_height_to_diameter) or not 0 <= self.min_height_to_diameter < 1:
+            raise ConfigError(
+                "vectorize.min_height_to_diameter: expected a number >= 0 and < 1, "
+                f"got {self.min_height_to_diameter!r}"
+            )
         if not is_number(self.min_circularity) or not 0 <= self.min_circularity <= 1:
             raise ConfigError(
                 f"vectorize.min_circularity: expected a number >= 0 and <= 1, got {self.min_circularity!r}"
@@ -856,6 +879,68 @@ def cone_attributes(
 
 
 # =========================================================================== outputs
+def dem_outlines(
+    polys: gpd.GeoSeries, dem_path: str | os.PathLike[str], *, region: str = ""
+) -> gpd.GeoSeries:
+    """The network's objects re-outlined from the DEM (metric CRS, the polygons' CRS).
+
+    Each object's outline is replaced by the one the DEM's radial relief profiles give around its
+    centroid, at the scale of its equivalent radius ``sqrt(area / pi)`` (:func:`cinderseg.outline.
+    dem_outline`, the baseline's outlining): the network says where a cone is, the DEM where its
+    foot is. An object the DEM gives no outline for (no relief, mostly nodata) keeps its own. Of
+    outlines overlapping by more than :data:`DEM_OUTLINE_MAX_OVERLAP` of the smaller one's area
+    (parts of one cone) the one from the larger object is kept. Order is kept.
+    """
+    with open_raster(dem_path, what=_what("DEM", region)) as dem:
+        got = [dem_outline(dem, g.centroid.x, g.centroid.y, math.sqrt(g.area / math.pi)) for g in polys]
+    outlines = [item[0] if item is not None else g for item, g in zip(got, polys, strict=True)]
+    tree = shapely.STRtree(outlines)
+    kept = np.zeros(len(outlines), dtype=bool)
+    for i in np.argsort(-polys.area.to_numpy(), kind="stable"):
+        a = outlines[i]
+        kept[i] = not any(
+            kept[j]
+            and a.intersection(outlines[j]).area > DEM_OUTLINE_MAX_OVERLAP * min(a.area, outlines[j].area)
+            for j in tree.query(a, predicate="intersects")
+        )
+    log.info(
+        "%s: %d of %d objects re-outlined from the DEM, %d merged into an overlapping outline",
+        f"region '{region}'" if region else os.fspath(dem_path),
+        sum(item is not None for item in got),
+        len(polys),
+        int((~kept).sum()),
+    )
+    return gpd.GeoSeries([o for o, k in zip(outlines, kept, strict=True) if k], crs=polys.crs)
+
+
+def drop_low_cones(cones: gpd.GeoDataFrame, settings: VectorizeSettings, label: str = "") -> gpd.GeoDataFrame:
+    """Drop the objects too low to be cones: ``height_m`` under ``settings.min_height_m`` (m) or
+    ``height_to_diameter`` under ``settings.min_height_to_diameter`` (lava-flow mounds, tumuli, low
+    swells, flat pit-crater rims; 0 disables each). Objects whose height is unknown (no valid DEM
+    pixel) are kept. The survivors are renumbered ``cone_id`` 1..n in their order.
+    """
+    height = cones["height_m"].to_numpy(dtype=float)
+    ratio = cones["height_to_diameter"].to_numpy(dtype=float)
+    too_low = np.zeros(len(cones), dtype=bool)
+    with np.errstate(invalid="ignore"):  # NaN compares False: unknown heights are kept
+        if settings.min_height_m > 0:
+            too_low |= height < settings.min_height_m
+        if settings.min_height_to_diameter > 0:
+            too_low |= ratio < settings.min_height_to_diameter
+    if not too_low.any():
+        return cones
+    log.info(
+        "%s: %d objects lower than min_height_m=%g m or min_height_to_diameter=%g dropped",
+        label,
+        int(too_low.sum()),
+        settings.min_height_m,
+        settings.min_height_to_diameter,
+    )
+    kept = cones[~too_low].reset_index(drop=True)
+    kept["cone_id"] = np.arange(1, len(kept) + 1, dtype=np.int64)
+    return kept
+
+
 def write_cone_layer(cones: gpd.GeoDataFrame, out_path: str | os.PathLike[str]) -> None:
     """Write a cone layer (GeoPackage, layer "cones", Polygon geometry type) atomically."""
     with atomic_write(out_path) as tmp:
@@ -929,6 +1014,8 @@ def vectorize_cones(
             settings.min_circularity,
         )
         polys = polys[round_enough].reset_index(drop=True)
+    if len(polys) and settings.outline == "dem":
+        polys = dem_outlines(polys, dem_path, region=region)
     if counts.too_large:
         log.info(
             "%s: %d objects wider than max_diameter_m=%g m dropped as not cones (largest extent >= %.0f m)",
@@ -957,6 +1044,7 @@ def vectorize_cones(
             region=region,
             ring_width_px=settings.ring_width_px,
         )
+        cones = drop_low_cones(cones, settings, label)
     else:
         cones = empty_cone_layer(crs)
     write_cone_layer(cones, out_path)

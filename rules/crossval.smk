@@ -82,6 +82,7 @@ rule crossval_train:
         regions=fold_training_regions,
         features=config["features"],
         resolutions=fold_resolutions,
+        fold=fold_settings,
     script:
         "../scripts/train.py"
 

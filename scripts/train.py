@@ -23,4 +23,5 @@ run_step(
     features_config=snakemake.params.features,
     resolutions_m=snakemake.params.resolutions,
     threads=snakemake.threads,
+    fold=snakemake.params.get("fold"),  # rule crossval_train: the fold this model holds out
 )

@@ -106,6 +106,7 @@ def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -
         models = results / "crossval" / "models" / fold
         card = json.loads((models / "model_card.json").read_text())
         assert card["training_regions"] == ["field"] and (models / "history.csv").is_file()
+        assert card["fold"] == data["fold"], "the card says which block its model never saw"
         assert (results / "crossval" / "cones" / f"{fold}.gpkg").is_file()
         assert (results / "crossval" / "figures" / fold / "errors.png").stat().st_size > 10_000
         assert (results / "logs" / "crossval_evaluate" / f"{fold}.log").is_file()

@@ -17,6 +17,8 @@ from packaging.requirements import Requirement
 from tests.workflow_helpers import REPO, snakemake_command
 
 PROFILES = REPO / "profiles"
+# The rules that run TensorFlow, on a GPU under the GPU profile.
+TENSORFLOW_RULES = {"train", "predict", "crossval_train", "crossval_predict"}
 JOB = re.compile(r"^rule (\w+):\n((?:    .*\n)+)", re.MULTILINE)
 
 
@@ -24,9 +26,13 @@ def profile(name: str) -> dict:
     return yaml.safe_load((PROFILES / name / "config.yaml").read_text())
 
 
-def dry_run_resources(tmp_path: Path, name: str) -> dict[str, list[dict[str, str]]]:
-    """rule -> the resources (and threads) of each of its jobs in a dry run of tiny.yaml."""
-    (tmp_path / "tiny.yaml").write_text((REPO / "config" / "tiny.yaml").read_text())
+def dry_run_resources(tmp_path: Path, name: str, crossval: bool = False) -> dict[str, list[dict[str, str]]]:
+    """rule -> the resources (and threads) of each of its jobs in a dry run of tiny.yaml (with two
+    spatial folds, whose jobs join the default target, if ``crossval``)."""
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    if crossval:
+        cfg["crossval"] = {"spatial_folds": {"tiny_test": {"rows": 1, "cols": 2, "gap_m": 300}}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     # A dry run caps threads at 1 core unless told; a cluster run has no cap.
     cmd = snakemake_command(tmp_path, "--configfile", "tiny.yaml", "--dry-run", profile=name, cores=64)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -58,11 +64,11 @@ def test_the_slurm_plugin_is_pinned_and_fits_the_installed_snakemake() -> None:
     assert profile("slurm")["executor"] == "slurm"
 
 
-def test_gpu_profile_is_the_slurm_profile_plus_gpus_for_train_and_predict() -> None:
+def test_gpu_profile_is_the_slurm_profile_plus_gpus_for_the_tensorflow_steps() -> None:
     cpu, gpu = profile("slurm"), profile("slurm-gpu")
     overrides = gpu.pop("set-resources")
     assert gpu == cpu
-    assert set(overrides) == {"train", "predict"}
+    assert set(overrides) == TENSORFLOW_RULES
     for resources in overrides.values():
         assert resources["gpu"] == 1 and resources["slurm_partition"] == "gpu"
 
@@ -81,11 +87,12 @@ def test_slurm_profile_asks_for_each_rules_threads_memory_and_runtime(tmp_path: 
     )
 
 
-def test_gpu_profile_puts_train_and_predict_on_a_gpu(tmp_path: Path) -> None:
-    jobs = dry_run_resources(tmp_path, "slurm-gpu")
+def test_gpu_profile_puts_the_tensorflow_steps_on_a_gpu(tmp_path: Path) -> None:
+    jobs = dry_run_resources(tmp_path, "slurm-gpu", crossval=True)
+    assert TENSORFLOW_RULES <= set(jobs)
     for rule, runs in jobs.items():
         for res in runs:
-            if rule in {"train", "predict"}:
+            if rule in TENSORFLOW_RULES:
                 assert (res["slurm_partition"], res["gpu"]) == ("gpu", "1"), rule
             else:
                 assert res["slurm_partition"] == "cpu" and "gpu" not in res, rule

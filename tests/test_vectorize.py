@@ -76,12 +76,18 @@ def _flat_dem(tmp_path: Path, shape: tuple[int, int]) -> Path:
     return _write(tmp_path / "dem.tif", _plane(x, y))
 
 
+#: The network's own outlines, unfiltered by height: the object-forming steps (threshold, holes,
+#: opening, splitting, circularity) tested on their own, on DEMs without relief.
+NETWORK_OUTLINE = {"outline": "network", "min_height_m": 0, "min_height_to_diameter": 0}
+
+
 def _run(tmp_path: Path, prob: np.ndarray, dem: Path | None = None, **kw) -> gpd.GeoDataFrame:
-    """vectorize_cones on a probability array (on the default grid); reads back the written layer."""
+    """vectorize_cones on a probability array (on the default grid) with the network's outlines
+    (unless ``kw`` says otherwise); reads back the written layer."""
     dem = dem or _flat_dem(tmp_path, prob.shape)
     prob_path = _write(tmp_path / "prob.tif", prob)
     out = tmp_path / "cones.gpkg"
-    returned = vectorize_cones(prob_path, dem, out, VectorizeSettings(**kw))
+    returned = vectorize_cones(prob_path, dem, out, VectorizeSettings(**{**NETWORK_OUTLINE, **kw}))
     back = gpd.read_file(out, layer="cones")
     assert len(back) == len(returned)
     return back
@@ -118,6 +124,92 @@ def test_settings_defaults_match_schema_and_bad_values_fail():
         VectorizeSettings(fill_holes="yes")
     with pytest.raises(ConfigError, match=r"vectorize\.thresold: unknown key"):
         VectorizeSettings.from_config({"thresold": 0.5})
+    with pytest.raises(ConfigError, match=r"^vectorize\.outline: expected one of network, dem, got 'lidar'$"):
+        VectorizeSettings(outline="lidar")
+    with pytest.raises(ConfigError, match=r"^vectorize\.min_height_m: "):
+        VectorizeSettings(min_height_m=-1)
+    for bad in (-0.01, 1, "0.05"):
+        with pytest.raises(ConfigError, match=r"^vectorize\.min_height_to_diameter: "):
+            VectorizeSettings(min_height_to_diameter=bad)
+
+
+# --------------------------------------------------------------------------- outlines from the DEM
+
+
+def _cone_field(tmp_path: Path, cones: list[tuple[float, float, float, float]], shape=(160, 160)) -> Path:
+    """A DEM of pointed cones (x, y, basal radius m, height m) on the tilted plane."""
+    x, y = _centres(shape, _transform())
+    z = _plane(x, y)
+    for cx, cy, radius, height in cones:
+        z = z + _cone_profile(np.hypot(x - cx, y - cy), radius, height, "pointed")
+    return _write(tmp_path / "dem.tif", z)
+
+
+def _radius(polygon) -> float:
+    return math.sqrt(polygon.area / math.pi)
+
+
+def test_dem_outline_puts_a_too_wide_network_object_on_the_foot_of_its_cone(tmp_path):
+    """The network says where a cone is (a blob 1.5 times too wide, 2 px off centre); the DEM says
+    where its foot is."""
+    cx, cy = _at(80, 80)
+    dem = _cone_field(tmp_path, [(cx, cy, 450.0, 80.0)])
+    prob = _disc((160, 160), cx + 60, cy - 45, 675.0).astype(float)
+    own = _run(tmp_path, prob, dem)
+    assert len(own) == 1 and _radius(own.geometry[0]) == pytest.approx(675, rel=0.03)
+    cones = _run(tmp_path, prob, dem, outline="dem")
+    assert len(cones) == 1
+    cone = cones.iloc[0]
+    assert _radius(cone.geometry) == pytest.approx(450, rel=0.08)
+    assert math.hypot(cone.geometry.centroid.x - cx, cone.geometry.centroid.y - cy) < RES
+    assert cone.basal_diameter_m == pytest.approx(900, rel=0.08)
+    assert cone.height_m == pytest.approx(80, rel=0.1)
+    # morphometry is measured on the DEM outline: the wide blob took in flat ground
+    assert cone.height_to_diameter > own.iloc[0].height_to_diameter * 1.3
+
+
+def test_dem_outline_makes_one_cone_of_a_cone_split_in_two(tmp_path):
+    cx, cy = _at(80, 80)
+    dem = _cone_field(tmp_path, [(cx, cy, 450.0, 80.0)])
+    x, _ = _centres((160, 160), _transform())
+    halves = _disc((160, 160), cx, cy, 450.0) & (np.abs(x - cx) > 40)  # a gap: two network objects
+    assert len(_run(tmp_path, halves.astype(float), dem, min_circularity=0)) == 2
+    merged = _run(tmp_path, halves.astype(float), dem, outline="dem", min_circularity=0)
+    assert len(merged) == 1 and _radius(merged.geometry[0]) == pytest.approx(450, rel=0.1)
+    assert list(merged.cone_id) == [1]
+
+
+def test_an_object_without_relief_keeps_its_own_outline(tmp_path):
+    prob = _disc((160, 160), *_at(80, 80), 300.0).astype(float)
+    own = _run(tmp_path, prob)  # flat DEM: no cone to outline
+    kept = _run(tmp_path, prob, outline="dem")
+    assert len(kept) == len(own) == 1
+    assert kept.geometry[0].equals_exact(own.geometry[0], tolerance=1e-6)
+
+
+def test_low_objects_are_not_cones(tmp_path):
+    """A cone (H/D 0.09), a lava mound as wide but flat (H/D 0.03) and a small, low knoll (18 m)."""
+    cone, mound, knoll = _at(40, 40), _at(40, 120), _at(120, 80)
+    dem = _cone_field(
+        tmp_path, [(*cone, 450.0, 80.0), (*mound, 450.0, 27.0), (*knoll, 150.0, 18.0)], shape=(160, 160)
+    )
+    prob = (
+        _disc((160, 160), *cone, 450.0) | _disc((160, 160), *mound, 450.0) | _disc((160, 160), *knoll, 150.0)
+    ).astype(float)
+    every = _run(tmp_path, prob, dem, outline="dem")
+    assert len(every) == 3
+    by_place = every.sort_values("height_m", ascending=False).reset_index(drop=True)
+    assert by_place.height_to_diameter[0] > 0.07 and by_place.height_to_diameter[1] < 0.04
+    defaults = vectorize_cones(
+        _write(tmp_path / "p.tif", prob), dem, tmp_path / "d.gpkg", VectorizeSettings()
+    )
+    assert len(defaults) == 1, "the defaults keep the cone only"
+    assert defaults.geometry[0].distance(Point(*cone)) == 0 and list(defaults.cone_id) == [1]
+    tall_only = _run(tmp_path, prob, dem, outline="dem", min_height_m=20)
+    assert len(tall_only) == 2 and tall_only.height_m.min() >= 20
+    steep_only = _run(tmp_path, prob, dem, outline="dem", min_height_to_diameter=0.05)
+    assert len(steep_only) == 2 and steep_only.height_to_diameter.min() >= 0.05
+    assert list(steep_only.cone_id) == [1, 2]
 
 
 # --------------------------------------------------------------------------- morphometry
@@ -201,7 +293,7 @@ def test_realistic_cones_measured_and_block_size_invariant(tmp_path):
     prob_path = _write(tmp_path / "prob.tif", prob, region.transform, params.crs)
     results = []
     for block in (64, 4096):
-        settings = VectorizeSettings(block_px=block, max_diameter_m=2000.0)
+        settings = VectorizeSettings(block_px=block, max_diameter_m=2000.0, **NETWORK_OUTLINE)
         out = tmp_path / f"cones_{block}.gpkg"
         vectorize_cones(prob_path, dem, out, settings, region="syn", summary_path=tmp_path / f"s{block}.csv")
         results.append(gpd.read_file(out, layer="cones"))
@@ -215,12 +307,20 @@ def test_realistic_cones_measured_and_block_size_invariant(tmp_path):
             prob_path,
             dem,
             tmp_path / "o.gpkg",
-            VectorizeSettings(block_px=block, max_diameter_m=2000, opening_px=2),
+            VectorizeSettings(block_px=block, max_diameter_m=2000, opening_px=2, **NETWORK_OUTLINE),
         )
         for block in (64, 4096)
     ]
     assert len(opened[0]) == len(opened[1]) > 0
     assert opened[0].geometry.geom_equals_exact(opened[1].geometry, tolerance=0).all()
+    from_dem = [
+        vectorize_cones(
+            prob_path, dem, tmp_path / "d.gpkg", VectorizeSettings(block_px=block, max_diameter_m=2000)
+        )
+        for block in (64, 4096)
+    ]
+    assert len(from_dem[0]) == len(from_dem[1]) > 0
+    pd.testing.assert_frame_equal(from_dem[0].drop(columns="geometry"), from_dem[1].drop(columns="geometry"))
     # cones do straddle the 64 px block borders (and their halos)
     cols = [(b[0] - region.transform.c) / RES for b in whole.geometry.bounds.itertuples(index=False)]
     cols_max = [(b[2] - region.transform.c) / RES for b in whole.geometry.bounds.itertuples(index=False)]
@@ -381,7 +481,9 @@ def test_georeferencing_round_trip_and_lonlat(tmp_path):
     prob = (np.hypot(x - cx, y - cy) <= 450).astype(float)
     dem = _write(tmp_path / "dem.tif", 500 + 0.01 * (x - x.min()), transform, crs)
     prob_path = _write(tmp_path / "prob.tif", prob, transform, crs)
-    cones = vectorize_cones(prob_path, dem, tmp_path / "c.gpkg", VectorizeSettings(), region="south")
+    cones = vectorize_cones(
+        prob_path, dem, tmp_path / "c.gpkg", VectorizeSettings(**NETWORK_OUTLINE), region="south"
+    )
     back = gpd.read_file(tmp_path / "c.gpkg", layer="cones")
     assert back.crs == pyproj.CRS(crs) and cones.crs == pyproj.CRS(crs)
     assert len(back) == 1
