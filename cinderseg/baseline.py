@@ -51,7 +51,7 @@ import shapely
 from scipy import ndimage
 
 from cinderseg.errors import ConfigError, InputError
-from cinderseg.outline import WINDOW_REACH, outline_at, outline_polygon, read_padded
+from cinderseg.outline import WINDOW_REACH, outline_at, outline_polygon, read_padded, suppress_overlaps
 from cinderseg.raster import iter_windows, open_raster
 from cinderseg.settings import check_number, is_int, known_keys_only
 from cinderseg.vectorize import cone_attributes, write_cone_layer
@@ -337,30 +337,6 @@ def _block_detections(
     return found, len(cands)
 
 
-def _suppress_overlaps(found: list[_Detection], max_overlap: float) -> list[_Detection]:
-    """Greedy suppression, strongest first: a detection overlapping a kept one by more than
-    ``max_overlap`` of the smaller area is dropped."""
-    if not found:
-        return []
-    order = sorted(range(len(found)), key=lambda i: found[i].key)
-    polys = [d.polygon for d in found]
-    tree = shapely.STRtree(polys)
-    taken = np.zeros(len(found), dtype=bool)
-    kept: list[_Detection] = []
-    for i in order:
-        clash = False
-        for j in tree.query(polys[i], predicate="intersects"):
-            if taken[j]:
-                inter = polys[i].intersection(polys[j]).area
-                if inter > max_overlap * min(polys[i].area, polys[j].area):
-                    clash = True
-                    break
-        if not clash:
-            taken[i] = True
-            kept.append(found[i])
-    return kept
-
-
 def _what(region: str) -> str:
     return f"DEM of region '{region}'" if region else "DEM"
 
@@ -406,7 +382,9 @@ def detect_cones(
         if n_valid == 0:
             raise InputError(f"{what}: all pixels are nodata: {dem_path}")
         crs = ds.crs
-    kept = _suppress_overlaps(found, settings.max_overlap)
+    order = sorted(range(len(found)), key=lambda i: found[i].key)  # strongest first
+    taken = suppress_overlaps([d.polygon for d in found], order, settings.max_overlap)
+    kept = [found[i] for i in order if taken[i]]
     data = {
         name: np.array([d.values[i] for d in kept], dtype=np.float64)
         for i, name in enumerate(DETECTION_COLUMNS)

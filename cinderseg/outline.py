@@ -13,6 +13,7 @@ neighbouring azimuths, then a [1, 2, 1] / 4 smoothing). Lengths in pixels of the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "outline_at",
     "outline_polygon",
     "read_padded",
+    "suppress_overlaps",
 ]
 
 N_AZIMUTHS = 32
@@ -246,3 +248,22 @@ def dem_outline(
     if poly.is_empty or poly.geom_type != "Polygon" or poly.area <= 0:
         return None
     return poly, out
+
+
+def suppress_overlaps(
+    polygons: Sequence[shapely.Polygon], order: Iterable[int], max_overlap: float
+) -> np.ndarray:
+    """Greedy suppression of overlapping outlines, taken in ``order`` (the preferred first): an outline
+    overlapping an already kept one by more than ``max_overlap`` of the smaller one's area is dropped.
+    Returns which outlines are kept."""
+    kept = np.zeros(len(polygons), dtype=bool)
+    if not len(polygons):
+        return kept
+    tree = shapely.STRtree(polygons)
+    for i in order:
+        a = polygons[i]
+        kept[i] = not any(
+            kept[j] and a.intersection(polygons[j]).area > max_overlap * min(a.area, polygons[j].area)
+            for j in tree.query(a, predicate="intersects")
+        )
+    return kept

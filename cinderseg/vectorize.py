@@ -23,7 +23,13 @@ Pipeline (:func:`vectorize_cones`), on the probability raster's grid (the DEM's 
    half a pixel (circularity 0.99 for a disc). Rasterizing the outline with the pixel-centre rule
    gives back the cone's pixels (at most 2 % differ, else the unsmoothed midpoint ring, which gives
    them back exactly, is kept). Coordinates are the raster's CRS (metres).
-6. **Morphometry**: :func:`cone_attributes` (public, also used by the classical baseline).
+6. **DEM outline** (``outline: dem``, :func:`dem_outlines`): each object is outlined again from the
+   DEM's radial relief profiles (:mod:`cinderseg.outline`, as the classical baseline outlines its
+   candidates), from its centroid at the scale of its equivalent radius; outlines overlapping by more
+   than :data:`DEM_OUTLINE_MAX_OVERLAP` become one cone.
+7. **Morphometry**: :func:`cone_attributes` (public, also used by the classical baseline); then
+   objects lower than ``min_height_m`` or flatter than ``min_height_to_diameter`` are dropped
+   (:func:`drop_low_cones`).
 
 Memory does not grow with the raster: the probability is read in blocks of ``block_px`` with a halo
 of ``max_diameter_m`` (plus twice ``opening_px``). An object belongs to the block whose core holds its
@@ -60,7 +66,7 @@ from skimage.segmentation import watershed
 
 from cinderseg import plots
 from cinderseg.errors import ConfigError, InputError
-from cinderseg.outline import dem_outline
+from cinderseg.outline import dem_outline, suppress_overlaps
 from cinderseg.raster import atomic_write, iter_windows, open_raster, padded_window
 from cinderseg.settings import is_int, is_number, known_keys_only
 
@@ -894,15 +900,8 @@ def dem_outlines(
     with open_raster(dem_path, what=_what("DEM", region)) as dem:
         got = [dem_outline(dem, g.centroid.x, g.centroid.y, math.sqrt(g.area / math.pi)) for g in polys]
     outlines = [item[0] if item is not None else g for item, g in zip(got, polys, strict=True)]
-    tree = shapely.STRtree(outlines)
-    kept = np.zeros(len(outlines), dtype=bool)
-    for i in np.argsort(-polys.area.to_numpy(), kind="stable"):
-        a = outlines[i]
-        kept[i] = not any(
-            kept[j]
-            and a.intersection(outlines[j]).area > DEM_OUTLINE_MAX_OVERLAP * min(a.area, outlines[j].area)
-            for j in tree.query(a, predicate="intersects")
-        )
+    largest_first = np.argsort(-polys.area.to_numpy(), kind="stable")
+    kept = suppress_overlaps(outlines, largest_first, DEM_OUTLINE_MAX_OVERLAP)
     log.info(
         "%s: %d of %d objects re-outlined from the DEM, %d merged into an overlapping outline",
         f"region '{region}'" if region else os.fspath(dem_path),
