@@ -9,35 +9,49 @@ SNAKEMAKE_ARGS ?=
 
 CROSSVAL_CONFIG ?= config/crossval_synthetic.yaml
 
-.PHONY: run test lint pytest setup slurm bench pretrained clean crossval
+.PHONY: run test lint pytest setup slurm bench pretrained clean crossval docs lock
 
 setup: $(STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the pinned requirements or the package metadata change.
-$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
+# Reinstall only when the lock file or the package metadata change: every package at the version of
+# requirements.lock (runtime and development tools), then cinderseg itself from this checkout.
+$(STAMP): $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# After installing and testing new versions: requirements.lock from this environment, then the files
+# derived from it (requirements.txt, requirements-dev.txt, the pins of envs/*.yaml).
+lock:
+	$(BIN)/python .ci/pins.py freeze
+	$(BIN)/python .ci/pins.py write
 
 # The run, then its HTML report (workflow graph, training curves, maps, figures, metrics).
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --report results/report.html
 
-# Cross-region evaluation only (README "Cross-region evaluation"), of the folds in CROSSVAL_CONFIG:
+# Cross-region evaluation only (docs/user-guide.md, "Cross-region evaluation"), of the folds in CROSSVAL_CONFIG:
 # `make crossval` (the synthetic leave-one-region-out study), or CROSSVAL_CONFIG=config/other.yaml.
 crossval: $(STAMP)
 	$(BIN)/snakemake crossval --cores $(CORES) --configfile $(CROSSVAL_CONFIG) $(SNAKEMAKE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint --cores 1
+	$(BIN)/python .ci/pins.py check
+
+# The configuration reference, generated from the schema (tests/test_config.py checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m cinderseg.workflow.reference > docs/.configuration.md.tmp
+	mv docs/.configuration.md.tmp docs/configuration.md
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
@@ -54,7 +68,7 @@ test: lint slurm pytest
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
-# The model shipped in cinderseg/pretrained/ (README, "Mapping a new volcano"): trained by
+# The model shipped in cinderseg/pretrained/ (docs/user-guide.md, "The shipped model and fine-tuning"): trained by
 # config/synthetic_pretrain.yaml on synthetic terrain only, then copied into the package.
 PRETRAINED_RUN := results/models/synthetic_pretrained
 pretrained: $(STAMP)

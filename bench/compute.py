@@ -32,7 +32,7 @@ def matmul_peak_gflops(
 ) -> dict[str, Any]:
     """Measured float32 matmul rate (GFLOP/s) of TensorFlow with ``threads`` threads: the best over
     ``sizes`` (square n x n products) of the best of ``repeats`` timed products."""
-    from cinderseg.train import configure_threads
+    from cinderseg.nn.runtime import configure_threads
 
     configure_threads(threads)
     import tensorflow as tf
@@ -151,10 +151,11 @@ def flops_of_model_file(model_path: Path | str) -> dict[str, Any]:
     """:func:`model_flops` and the profiler's count of a trained model (rebuilt at its card's tile size)."""
     import logging
 
-    from cinderseg.predict import load_predictor, read_card
+    from cinderseg.core.modelcard import read_model_card
+    from cinderseg.nn.predict import load_predictor
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    card = read_card(model_path) or {}
+    card = read_model_card(model_path, required=False) or {}
     tile = int(card.get("tile_size") or 224)
     predictor = load_predictor(model_path, tile)
     counted = model_flops(predictor.model)

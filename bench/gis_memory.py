@@ -1,6 +1,6 @@
 """Peak memory and time of the GIS steps (dem, mask, features, tiles) on a large DEM.
 
-Each step runs in its own process on the same inputs, through ``cinderseg.step.run_step`` as the
+Each step runs in its own process on the same inputs, through ``cinderseg.core.step.run_step`` as the
 workflow runs it; its peak resident set size (RSS) is the kernel's high-water mark of that process
 (``VmHWM``, which an ``exec`` resets, unlike ``ru_maxrss``), so it covers everything the step
 allocated, GDAL's block cache included. The
@@ -38,22 +38,22 @@ LIMIT_MB = 2048
 # {work} is the benchmark's scratch folder.
 STEPS: dict[str, tuple[str, str, str]] = {
     "dem": (
-        "cinderseg.dem",
+        "cinderseg.terrain.dem",
         "prepare_dem",
         "['{work}/source.tif'], '{work}/dem.tif', resolution_m=30.0, nodata=-32768, region='bench'",
     ),
     "mask": (
-        "cinderseg.mask",
+        "cinderseg.data.mask",
         "rasterize_labels",
         "'{work}/cones.gpkg', '{work}/dem.tif', '{work}/mask.tif'",
     ),
     "features": (
-        "cinderseg.features",
+        "cinderseg.terrain.features",
         "compute_features",
         "'{work}/dem.tif', '{work}/features.tif', FeatureSettings()",
     ),
     "tiles": (
-        "cinderseg.tiles",
+        "cinderseg.data.tiles",
         "make_tiles",
         "'{work}/features.tif', '{work}/mask.tif', '{work}/tiles.npz', '{work}/tiles.csv', "
         "TilingSettings(), role='train'",
@@ -63,7 +63,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
 # trained model ({model}), and the tutorial's in-memory tiling of the whole region, for contrast.
 SCALING_STEPS: dict[str, tuple[str, str, str]] = {
     "predict": (
-        "cinderseg.predict",
+        "cinderseg.nn.predict",
         "predict_probability",
         "'{work}/features.tif', '{model}', '{work}/probability.tif', PredictSettings(), threads={threads}",
     ),
@@ -82,7 +82,7 @@ def step_code(step: str, work: Path, **fields: Any) -> str:
     module, function, arguments = {**STEPS, **SCALING_STEPS}[step]
     return (
         "import os\nos.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')\n"
-        f"from {module} import *\nfrom cinderseg.step import run_step\n"
+        f"from {module} import *\nfrom cinderseg.core.step import run_step\n"
         f"run_step(None, {function}, {arguments.format(work=work, **fields)})\n"
     )
 
@@ -228,7 +228,9 @@ def bench_gis_memory(size_px: int, work_root: Path = WORK) -> dict[str, Any]:
     if not source.exists():  # in its own process, so that this one stays small
         code = f"from bench.gis_memory import write_source_dem; write_source_dem({str(source)!r}, {size_px})"
         subprocess.run([sys.executable, "-c", code], cwd=HERE.parent, check=True)
-    _, baseline_mb = run_step("import cinderseg.dem, cinderseg.features, cinderseg.tiles, cinderseg.mask")
+    _, baseline_mb = run_step(
+        "import cinderseg.terrain.dem, cinderseg.terrain.features, cinderseg.data.tiles, cinderseg.data.mask"
+    )
     rows = []
     for step in STEPS:
         seconds, peak_mb = run_step(step_code(step, work))
@@ -279,7 +281,9 @@ def bench_memory_scaling(
                 "steps": steps,
             }
         )
-    _, baseline_mb = run_step("import cinderseg.dem, cinderseg.features, cinderseg.tiles, cinderseg.mask")
+    _, baseline_mb = run_step(
+        "import cinderseg.terrain.dem, cinderseg.terrain.features, cinderseg.data.tiles, cinderseg.data.mask"
+    )
     growth = {
         step: round(runs[-1]["steps"][step]["peak_rss_mb"] / runs[0]["steps"][step]["peak_rss_mb"], 2)
         for step in runs[0]["steps"]

@@ -2,7 +2,7 @@
 
 The classical baseline's cones (``results/baseline/{region}.gpkg``) are kept where the network's mean
 probability inside the cone (``results/predictions/{region}.tif``) reaches a threshold; the kept cones
-are scored like the others (one-to-one matching with the labels, cinderseg.evaluate) over the whole
+are scored like the others (one-to-one matching with the labels, cinderseg.assess.matching) over the whole
 region and over the blocks of a rows x cols grid (as spatial folds score them). Run it on a finished
 workflow run with labels, e.g. the Mauna Kea region of a run with ``predict.model: pretrained``::
 
@@ -22,10 +22,13 @@ import numpy as np
 import rasterio
 from rasterio.features import rasterize
 
-from cinderseg.evaluate import EvaluateSettings, cone_circles, match_cones, object_metrics, read_cones
-from cinderseg.folds import block_grid, points_in_block
-from cinderseg.mask import load_labels
-from cinderseg.raster import open_raster
+from cinderseg.assess.evaluate import read_cones
+from cinderseg.assess.matching import cone_circles, match_cones, object_metrics
+from cinderseg.assess.settings import EvaluateSettings
+from cinderseg.core.grid import points_in_block
+from cinderseg.core.raster import open_raster
+from cinderseg.data.folds import block_grid
+from cinderseg.data.mask import load_labels
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 

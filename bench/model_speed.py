@@ -35,8 +35,9 @@ def measure(
     import keras
     import numpy as np
 
-    from cinderseg.losses import make_metrics, tversky_loss
-    from cinderseg.model import ModelSettings, build_unet, count_params, set_encoder_trainable
+    from cinderseg.nn.losses import make_metrics, tversky_loss
+    from cinderseg.nn.model import build_unet, count_params, set_encoder_trainable
+    from cinderseg.nn.settings import ModelSettings
 
     keras.utils.set_random_seed(seed)
     weights = "pretrained" if encoder == "hed_vgg16" else "none"
@@ -85,8 +86,8 @@ def bench_training(
 ) -> dict[str, Any]:
     """Training (and inference) tiles/s of each encoder at ``tile`` px: pretrained encoders frozen and
     fully fine-tuned, unet_small (no pretrained encoder) fully trained, with ``threads`` TensorFlow
-    threads as the train step sets them (:func:`cinderseg.train.configure_threads`)."""
-    from cinderseg.train import configure_threads
+    threads as the train step sets them (:func:`cinderseg.nn.runtime.configure_threads`)."""
+    from cinderseg.nn.runtime import configure_threads
 
     configure_threads(threads)
     rows = []

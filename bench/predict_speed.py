@@ -8,7 +8,7 @@ The same trained model and the same features raster go through three predictors,
 process (peak RSS is that process's ``VmHWM``, as in :mod:`bench.gis_memory`; GDAL's cache capped
 as the workflow caps it):
 
-- ``ours``: :func:`cinderseg.predict.predict_probability` with the default settings (1024 px windows
+- ``ours``: :func:`cinderseg.nn.predict.predict_probability` with the default settings (1024 px windows
   with the trained 224 px weights, 128 px overlap with raised-cosine blending, 16 px crop, no TTA),
   reading window by window and writing block by block (with overviews);
 - ``tutorial``: the tutorial's prediction: 224 px tiles every 112 px over the whole raster (the last
@@ -21,7 +21,7 @@ as the workflow caps it):
   put back in tile order (later tiles overwrite) and written at the end.
 
 Each is scored against the true cone mask by pixel IoU, precision and recall at threshold 0.5. The
-data are synthetic (:mod:`cinderseg.synthetic`): the model is a unet_small trained for a few
+data are synthetic (:mod:`cinderseg.terrain.synthetic`): the model is a unet_small trained for a few
 minutes on a 1024 x 1024 px training region (cached under ``--work``), predicted on a separate
 6500 x 4000 px region (30 m pixels, the tutorial's crop size) with the same cone density
 (``--quick``: 1600 x 1000 px and a shorter training). Throughput counts the prediction call
@@ -52,7 +52,7 @@ WORK = HERE / "work" / "predict_speed"
 LIMIT_MB = 2048
 TILE = 224
 STEP = 112
-GDAL_CACHEMAX_MB = "256"  # as cinderseg.step.run_step sets it for the workflow's steps
+GDAL_CACHEMAX_MB = "256"  # as cinderseg.core.step.run_step sets it for the workflow's steps
 VARIANTS = ("ours", "tutorial", "tutorial_in_memory")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -63,7 +63,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def _scaled(width: int, height: int, seed: int) -> Any:
     """Synthetic parameters with the default training region's density of cones and distractors."""
-    from cinderseg.synthetic import SyntheticParams
+    from cinderseg.terrain.synthetic import SyntheticParams
 
     f = width * height / 1024**2
     return SyntheticParams(
@@ -80,9 +80,9 @@ def _scaled(width: int, height: int, seed: int) -> Any:
 
 def make_region(folder: Path, width: int, height: int, seed: int) -> dict[str, Path]:
     """DEM, true cones, mask and features (default channels) of a synthetic region, cached."""
-    from cinderseg.features import FeatureSettings, compute_features
-    from cinderseg.mask import rasterize_labels
-    from cinderseg.synthetic import write_synthetic_region
+    from cinderseg.data.mask import rasterize_labels
+    from cinderseg.terrain.features import FeatureSettings, compute_features
+    from cinderseg.terrain.synthetic import write_synthetic_region
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{name}.tif" for name in ("dem", "mask", "features")}
@@ -101,8 +101,9 @@ def train_bench_model(
 ) -> Path:
     """A unet_small (schema defaults) trained for ``minutes`` (or ``epochs``) on a ``region_px``
     square synthetic region, cached."""
-    from cinderseg.tiles import TilingSettings, make_tiles
-    from cinderseg.train import train_model
+    from cinderseg.data.tiles import TilingSettings, make_tiles
+    from cinderseg.nn.settings import TrainingRun
+    from cinderseg.nn.train import TrainOutputs, train_model
 
     model = folder / "model" / "model.keras"
     if model.exists():
@@ -114,14 +115,18 @@ def train_bench_model(
     train_model(
         [tiles],
         [manifest],
-        model_path=model,
-        history_path=model.with_name("history.csv"),
-        curves_path=model.with_name("training_curves.png"),
-        card_path=model.with_name("model_card.json"),
-        model_config={"encoder": "unet_small"},
-        train_config={"max_minutes": minutes, **({"epochs": epochs} if epochs else {})},
-        tile_size=TILE,
-        threads=threads,
+        TrainOutputs(
+            model=model,
+            history=model.with_name("history.csv"),
+            curves=model.with_name("training_curves.png"),
+            card=model.with_name("model_card.json"),
+        ),
+        TrainingRun.from_config(
+            {"encoder": "unet_small"},
+            {"max_minutes": minutes, **({"epochs": epochs} if epochs else {})},
+            tile_size=TILE,
+            threads=threads,
+        ),
     )
     return model
 
@@ -140,7 +145,7 @@ def _cpu_seconds() -> float:
 def _write_probability(ref_path: Path, out_path: Path, prob: np.ndarray) -> None:
     import rasterio
 
-    from cinderseg.raster import NODATA_FLOAT, atomic_write, geotiff_profile
+    from cinderseg.core.raster import NODATA_FLOAT, atomic_write, geotiff_profile
 
     with rasterio.open(ref_path) as ref:
         profile = geotiff_profile(
@@ -171,10 +176,10 @@ def predict_tutorial(features: Path, model_path: Path, out_path: Path, threads: 
     later tiles overwriting earlier ones; the output held in memory and written at the end."""
     import rasterio
 
-    from cinderseg.model import load_model
-    from cinderseg.raster import NODATA_FLOAT
-    from cinderseg.tiles import tile_windows
-    from cinderseg.train import configure_threads
+    from cinderseg.core.raster import NODATA_FLOAT
+    from cinderseg.data.tiles import tile_windows
+    from cinderseg.nn.model import load_model
+    from cinderseg.nn.runtime import configure_threads
 
     started, cpu = time.perf_counter(), _cpu_seconds()
     configure_threads(threads)
@@ -203,9 +208,9 @@ def predict_tutorial_in_memory(
     import rasterio
 
     from bench.gis_memory import tutorial_tile_array
-    from cinderseg.model import load_model
-    from cinderseg.raster import NODATA_FLOAT
-    from cinderseg.train import configure_threads
+    from cinderseg.core.raster import NODATA_FLOAT
+    from cinderseg.nn.model import load_model
+    from cinderseg.nn.runtime import configure_threads
 
     started, cpu = time.perf_counter(), _cpu_seconds()
     configure_threads(threads)
@@ -230,7 +235,7 @@ def predict_tutorial_in_memory(
 
 
 class PhaseTimer:
-    """Seconds spent in each phase of :func:`cinderseg.predict.predict_probability`, measured by
+    """Seconds spent in each phase of :func:`cinderseg.nn.predict.predict_probability`, measured by
     wrapping the functions it calls (in this process only): reading the features (GDAL read and
     decompression), preparing windows (nodata mask, channels-last copy), the network
     (``predict_on_batch``), blending (weighted sums and their normalisation), writing (copying into
@@ -259,16 +264,17 @@ class PhaseTimer:
     def __enter__(self) -> PhaseTimer:
         import rasterio.io
 
-        import cinderseg.predict as predict
+        import cinderseg.nn.predict as predict
+        from cinderseg.nn.windows import StripWriter
 
         def pixels(_predictor: Any, x: np.ndarray, *rest: Any) -> None:
             self.network_pixels += int(x.shape[0] * x.shape[1] * x.shape[2])
 
         self._wrap(rasterio.io.DatasetReader, "read", "read features")
-        self._wrap(predict, "_read_window", "prepare windows")
+        self._wrap(predict, "read_window", "prepare windows")
         self._wrap(predict, "predict_windows", "network", pixels)
-        self._wrap(predict._StripWriter, "add", "blend")
-        self._wrap(predict._StripWriter, "flush", "blend")
+        self._wrap(StripWriter, "add", "blend")
+        self._wrap(StripWriter, "flush", "blend")
         self._wrap(rasterio.io.DatasetWriter, "write", "write")
         self._wrap(rasterio.io.DatasetWriter, "build_overviews", "overviews")
         self._wrap(rasterio.io.DatasetWriter, "close", "close (flush, compress)")
@@ -290,8 +296,9 @@ class PhaseTimer:
 
 
 def predict_ours(features: Path, model_path: Path, out_path: Path, threads: int) -> dict[str, Any]:
-    """cinderseg.predict with the default settings, its phases timed (:class:`PhaseTimer`)."""
-    from cinderseg.predict import PredictSettings, predict_probability
+    """cinderseg.nn.predict with the default settings, its phases timed (:class:`PhaseTimer`)."""
+    from cinderseg.nn.predict import predict_probability
+    from cinderseg.nn.settings import PredictSettings
 
     cpu = _cpu_seconds()
     with PhaseTimer() as timer:
@@ -346,7 +353,7 @@ def run_variant(variant: str, features: Path, model: Path, out: Path, threads: i
 def pixel_scores(prob_path: Path, mask_path: Path, threshold: float = 0.5) -> dict[str, float]:
     """Pixel IoU, precision and recall of ``prob >= threshold`` against the mask: the evaluate step's
     own block-wise count (nodata in either raster ignored)."""
-    from cinderseg.evaluate import pixel_metrics
+    from cinderseg.assess.pixels import pixel_metrics
 
     metrics = pixel_metrics(prob_path, mask_path, threshold=threshold)
     return {key: metrics[key] or 0.0 for key in ("iou", "precision", "recall")}

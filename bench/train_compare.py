@@ -98,7 +98,7 @@ def pixel_scores(model: Any, x: np.ndarray, y: np.ndarray, batch: int = 8) -> di
 
 
 def split_tiles(tiles: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from cinderseg.tiles import load_tiles, read_manifest
+    from cinderseg.data.tiles import load_tiles, read_manifest
 
     x, y, _ = load_tiles(tiles, mmap=True)
     idx = np.flatnonzero(read_manifest(tiles.with_suffix(".csv"))["split"].to_numpy() == split)
@@ -108,8 +108,9 @@ def split_tiles(tiles: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def run_candidate(
     name: str, tiles: dict[str, Path], train_region: str, test_region: str | None, minutes: float, tile: int
 ) -> dict[str, Any]:
-    from cinderseg.model import load_model
-    from cinderseg.train import train_model
+    from cinderseg.nn.model import load_model
+    from cinderseg.nn.settings import TrainingRun
+    from cinderseg.nn.train import TrainOutputs, train_model
 
     channels, model_cfg, train_cfg = CANDIDATES[name]
     out = tiles[train_region].parent.parent / "compare" / name
@@ -118,15 +119,19 @@ def run_candidate(
     card = train_model(
         [tiles[train_region]],
         [tiles[train_region].with_suffix(".csv")],
-        model_path=out / "model.keras",
-        history_path=out / "history.csv",
-        curves_path=out / "curves.png",
-        card_path=out / "card.json",
-        model_config={"name": name, **model_cfg},
-        train_config={"epochs": 1000, "max_minutes": minutes, **train_cfg},
-        regions=[train_region],
-        tile_size=tile,
-        threads=2,
+        TrainOutputs(
+            model=out / "model.keras",
+            history=out / "history.csv",
+            curves=out / "curves.png",
+            card=out / "card.json",
+        ),
+        TrainingRun.from_config(
+            {"name": name, **model_cfg},
+            {"epochs": 1000, "max_minutes": minutes, **train_cfg},
+            regions=[train_region],
+            tile_size=tile,
+            threads=2,
+        ),
     )
     seconds = time.perf_counter() - started
     model = load_model(out / "model.keras", compile=False)

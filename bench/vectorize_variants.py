@@ -3,8 +3,8 @@ terrain it never saw: the numbers behind the ``vectorize`` defaults ``outline: d
 ``min_height_m: 20`` and ``min_height_to_diameter: 0.05``.
 
 Each probability map of a finished run is vectorized again with every variant below (the product's
-own :func:`cinderseg.vectorize.vectorize_cones`) and scored like the evaluate step does (one-to-one
-matching with the labels, :func:`cinderseg.evaluate.evaluate_objects`): either every fold of a
+own :func:`cinderseg.cones.vectorize.vectorize_cones`) and scored like the evaluate step does (one-to-one
+matching with the labels, :func:`cinderseg.assess.evaluate.evaluate_objects`): either every fold of a
 cross-validation run (``--crossval``: ``results/crossval/predictions/{fold}.tif``, scored on the
 fold's held-out area) or the named test regions of a run (``--regions``:
 ``results/predictions/{region}.tif``, the whole region). Labels are the synthetic regions' true cones,
@@ -35,10 +35,11 @@ import geopandas as gpd
 import numpy as np
 from rasterio.windows import Window
 
-from cinderseg.evaluate import EvaluateSettings, evaluate_objects, read_cones
-from cinderseg.mask import load_labels
-from cinderseg.raster import open_raster
-from cinderseg.vectorize import VectorizeSettings, vectorize_cones
+from cinderseg.assess.evaluate import evaluate_objects, read_cones
+from cinderseg.assess.settings import EvaluateSettings
+from cinderseg.cones.vectorize import VectorizeSettings, vectorize_cones
+from cinderseg.core.raster import open_raster
+from cinderseg.data.mask import load_labels
 
 NO_HEIGHT_FILTER = {"min_height_m": 0, "min_height_to_diameter": 0}
 #: name -> vectorize settings (over the schema defaults).

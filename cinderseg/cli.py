@@ -1,10 +1,12 @@
-"""Command line: ``python -m cinderseg predict`` applies a trained model to any DEM.
+"""Command line: ``cinderseg predict`` (or ``python -m cinderseg predict``) maps the cones of any DEM.
 
 The same code path as the workflow's steps (dem -> features -> predict -> vectorize), in a scratch
 folder beside the output, with the settings the model was trained with (from its model card):
 
-    python -m cinderseg predict --model results/models/unet/model.keras \\
+    cinderseg predict --model results/models/unet/model.keras \\
         --dem my_volcano.tif --out my_volcano_cones.gpkg --probability my_volcano_probability.tif
+
+Progress shows as a bar on a terminal (lines otherwise); ``--quiet`` hides it.
 
 Without ``--model`` (or with ``--model pretrained``) it applies the model shipped in
 ``cinderseg/pretrained/``, trained on synthetic terrain only: cones on any DEM, no labels needed.
@@ -13,91 +15,24 @@ Without ``--model`` (or with ``--model pretrained``) it applies the model shippe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from cinderseg.config import MODEL_CARD, PRETRAINED_KEYWORD, model_path
-from cinderseg.errors import CinderSegError, InputError
+from cinderseg.core.errors import CinderSegError, InputError
+from cinderseg.core.modelcard import PRETRAINED_KEYWORD, model_path, read_model_card, training_resolution_m
+from cinderseg.core.schema import section_schema
+from cinderseg.core.step import StderrFormatter
+from cinderseg.nn.runtime import NOTICE
+from cinderseg.nn.settings import PredictSettings
 
 log = logging.getLogger("cinderseg")
-
-CARD_NAME = MODEL_CARD
-
-
-class ProgressBar:
-    """A one-line text progress bar on a stream (a terminal: redrawn in place; else a few lines)."""
-
-    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.started = time.perf_counter()
-        self.tty = self.stream.isatty()
-        self._last_tenth = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        frac = done / total if total else 1.0
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        filled = round(frac * self.width)
-        line = (
-            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
-            f"{elapsed:.0f} s elapsed, {eta:.0f} s left"
-        )
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-        elif int(frac * 10) > self._last_tenth or done >= total:
-            self._last_tenth = int(frac * 10)
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def read_model_card(model_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The model card written beside a trained model (``model_card.json``); InputError if unusable."""
-    card_path = Path(model_path).with_name(CARD_NAME)
-    if not card_path.is_file():
-        raise InputError(
-            f"{card_path}: model card not found beside the model (it records the channels and "
-            "settings the model was trained with)"
-        )
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"{card_path}: not a readable model card ({err})") from err
-    if not isinstance(card, dict) or not isinstance(card.get("channels"), list):
-        raise InputError(f"{card_path}: not a cinderseg model card (no 'channels' list)")
-    return card
-
-
-def training_resolution_m(card: dict[str, Any]) -> float | None:
-    """The pixel size (m) the model was trained at: the median over its training regions, if recorded."""
-    values = [float(v) for v in (card.get("resolution_m") or {}).values()]
-    return statistics.median(values) if values else None
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr silenced: its C++ start-up lines (oneDNN, CUDA) ignore
-    TF_CPP_MIN_LOG_LEVEL and would bury the command's own one-line messages."""
-    if "tensorflow" in sys.modules:
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def predict_dem(
@@ -122,13 +57,11 @@ def predict_dem(
     size) in ``crs`` (default: the UTM zone of the centre). The features use the settings recorded
     in the model card, the threshold defaults to the vectorize default. Returns a summary dict.
     """
-    from cinderseg.dem import prepare_dem
-    from cinderseg.features import FeatureSettings, compute_features
-
-    _import_tensorflow_quietly()
-    from cinderseg.predict import PredictSettings, predict_probability
-    from cinderseg.raster import check_input_file
-    from cinderseg.vectorize import VectorizeSettings, vectorize_cones
+    from cinderseg.cones.vectorize import VectorizeSettings, vectorize_cones
+    from cinderseg.core.raster import check_input_file
+    from cinderseg.nn.predict import predict_probability
+    from cinderseg.terrain.dem import prepare_dem
+    from cinderseg.terrain.features import FeatureSettings, compute_features
 
     started = time.perf_counter()
     card = read_model_card(model_path)
@@ -156,7 +89,7 @@ def predict_dem(
             predict_settings,
             expected_channels=card["channels"],
             threads=threads,
-            progress=ProgressBar("predict") if progress else None,
+            progress=progress,
         )
         cones = vectorize_cones(probability, dem, scratch / "cones.gpkg", vectorize_settings)
         if probability_path is not None:
@@ -178,7 +111,7 @@ def predict_dem(
 
 def _native_resolution_m(path: str | os.PathLike[str]) -> float:
     """Pixel size in metres of a projected DEM; InputError for a geographic one (no metric size)."""
-    from cinderseg.raster import open_raster
+    from cinderseg.core.raster import open_raster
 
     with open_raster(path, what="DEM") as ds:
         if ds.crs.is_geographic:
@@ -190,7 +123,7 @@ def _native_resolution_m(path: str | os.PathLike[str]) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cinderseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cinderseg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "predict",
@@ -211,17 +144,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodata", type=float, help="nodata value of the DEM if not recorded in the file")
     p.add_argument("--threshold", type=float, help="probability threshold of a cone pixel (default 0.5)")
     p.add_argument("--window", type=int, help="prediction window in pixels (multiple of 32)")
-    p.add_argument("--tta", choices=["none", "flips", "d4"], help="test-time augmentation")
+    tta = section_schema("predict")["properties"]["tta"]["enum"]
+    p.add_argument("--tta", choices=tta, help="test-time augmentation")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress")
     return parser
 
 
+def _setup_logging() -> None:
+    """Warnings and errors on stderr, and the notices (:data:`cinderseg.nn.runtime.NOTICE`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StderrFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    NOTICE.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m cinderseg``; returns the exit status."""
+    """Entry point of the ``cinderseg`` command (and ``python -m cinderseg``); returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="cinderseg: %(levelname)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _setup_logging()
     predict_config: dict[str, Any] = {}
     if args.window is not None:
         predict_config["window_px"] = args.window

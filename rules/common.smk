@@ -3,32 +3,46 @@ import os
 import sys
 from pathlib import Path
 
-from cinderseg.config import (
+from cinderseg.workflow import paths
+from cinderseg.workflow.benchmark import count_all_cpu_time
+from cinderseg.workflow.config import (
     check_input_files,
     check_writable,
     labelled_regions,
     model_path,
     region_names,
+    typed_overrides,
     validate_config,
 )
-from cinderseg.download import tile_paths
-from cinderseg.errors import ConfigError
-from cinderseg.folds import folds_from_config
+from cinderseg.terrain.download import tile_paths
+from cinderseg.core.errors import ConfigError
+from cinderseg.data.folds import folds_from_config
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config
 
 
 def _config_source():
-    """The config file(s) named in error messages: those from the command line, else config.yaml."""
+    """The config file(s) named in error messages: those from the command line, else config.yaml;
+    and --config when values were given there."""
     files = list(workflow.overwrite_configfiles) or list(workflow.configfiles)
-    return ", ".join(str(f) for f in files) or "config"
+    names = [str(f) for f in files] + (
+        ["--config"] if workflow.config_settings.config else []
+    )
+    return ", ".join(names) or "config"
 
 
 try:
+    # --config values arrive as strings (nested ones always): typed by the schema, in place, so
+    # that the scripts' snakemake.config holds them typed too.
+    update_config(config, typed_overrides(workflow.config_settings.config))
     config = validate_config(config, source=_config_source())
     check_input_files(config, source=_config_source())
-    check_writable(["results", "resources"])
+    check_writable([paths.RESULTS, paths.RESOURCES])
 except ConfigError as err:
     sys.exit(f"cinderseg: error: {err}")
+
+# Benchmark tables count every CPU second of a job (Snakemake's sampling misses the last ones).
+count_all_cpu_time()
 
 # The checkout, for the post-deploy scripts of envs/ that install cinderseg into conda environments
 # (Snakemake runs them in its own environment). Set here, never read: no `envvars:` needed.
@@ -44,10 +58,10 @@ MODEL = config["model"]["name"]
 # Cross-validation folds (the crossval section) by name: <region>-b<i> (spatial), loro-<region>.
 FOLDS = folds_from_config(config)
 SPATIAL_FOLDS = [name for name, fold in FOLDS.items() if fold.kind == "spatial"]
-# The error of the crossval target without folds (raised by its input function).
+# The error of the crossval target without folds (its input function stops the run with it).
 NO_FOLDS = (
     "the crossval target needs folds: add a crossval section with spatial_folds or "
-    "leave_one_region_out to the config (see README.md, Cross-region evaluation)"
+    "leave_one_region_out to the config (see docs/configuration.md, crossval)"
 )
 
 
@@ -62,15 +76,13 @@ def cores_given():
 # TensorFlow threads of the train and predict steps: all cores given to Snakemake, at most 16;
 # 8 on a cluster without --cores (profiles/slurm sets them with set-threads).
 TRAIN_THREADS = max(1, min(cores_given() or 8, 16))
-MODEL_FILES = ["model.keras", "history.csv", "training_curves.png", "model_card.json"]
 # The model the predict step applies: predict.model if set ('pretrained': the shipped one), else the
 # one trained by this workflow.
 PREDICT_MODEL = (
     str(model_path(config["predict"]["model"]))
     if config["predict"].get("model")
-    else f"results/models/{MODEL}/model.keras" if TRAINING else None
+    else paths.MODEL_FILE.format(model=MODEL, file="model.keras") if TRAINING else None
 )
-CONE_FIGURES = ["size_frequency", "height_vs_diameter", "cone_map"]
 if PREDICT_MODEL is None:
     print(
         "cinderseg: warning: no region has role 'train' and predict.model is not set: no model to "
@@ -104,8 +116,33 @@ def region_labels(region):
     """A region's labels: its vector file, or the true cones written with a synthetic DEM."""
     labels = config["regions"][region]["labels"]
     if labels == "synthetic":
-        return f"results/synthetic/{region}_cones.gpkg"
+        return paths.SYNTHETIC_CONES.format(region=region)
     return labels
+
+
+def radius_field(wildcards):
+    """The radius attribute of the region's point labels."""
+    return config["regions"][wildcards.region]["radius_field"]
+
+
+def region_figure(figure):
+    """A region's figure (paths.FIGURE) named ``figure``, the region left a wildcard."""
+    return paths.FIGURE.format(region="{region}", figure=figure)
+
+
+def model_file(name):
+    """A file of the trained model (paths.MODEL_FILE), the model left a wildcard."""
+    return paths.MODEL_FILE.format(model="{model}", file=name)
+
+
+def fold_model_file(name):
+    """A file of a fold's model (paths.FOLD_MODEL_FILE), the fold left a wildcard."""
+    return paths.FOLD_MODEL_FILE.format(fold="{fold}", file=name)
+
+
+def fold_figure(figure):
+    """A fold's figure (paths.FOLD_FIGURE) named ``figure``, the fold left a wildcard."""
+    return paths.FOLD_FIGURE.format(fold="{fold}", figure=figure)
 
 
 def labels_file(wildcards):
@@ -115,12 +152,12 @@ def labels_file(wildcards):
 
 def training_tiles(wildcards):
     """Tiles (.npz) of all regions with role 'train', in config order: the train step's input."""
-    return expand("results/tiles/{region}.npz", region=TRAINING)
+    return expand(paths.TILES, region=TRAINING)
 
 
 def training_manifests(wildcards):
     """Tile manifests (.csv) of all regions with role 'train', in the order of training_tiles."""
-    return expand("results/tiles/{region}.csv", region=TRAINING)
+    return expand(paths.MANIFEST, region=TRAINING)
 
 
 def initial_model_files(wildcards):
@@ -184,31 +221,36 @@ def fold_training_regions(wildcards):
     return list(FOLDS[wildcards.fold].training_regions)
 
 
-def _fold_training_files(fold, ext):
-    """Tiles (ext .npz) or manifests (.csv) a fold trains on: a spatial fold's own cut; for a
+def _fold_training_files(fold, fold_cut, own_cut, as_train_cut):
+    """Tiles or manifests a fold trains on: a spatial fold's own cut (template ``fold_cut``); for a
     leave-one-region-out fold each training region cut as a role 'train' region (its tiles step's
-    output when it has role 'train', else a cut of its own under results/crossval/tiles/as_train/).
+    output ``own_cut`` when it has role 'train', else a cut of its own, ``as_train_cut``).
     """
     if fold.kind == "spatial":
-        return [f"results/crossval/tiles/{fold.name}.{ext}"]
+        return [fold_cut.format(fold=fold.name)]
     return [
         (
-            f"results/tiles/{region}.{ext}"
-            if config["regions"][region]["role"] == "train"
-            else f"results/crossval/tiles/as_train/{region}.{ext}"
-        )
+            own_cut if config["regions"][region]["role"] == "train" else as_train_cut
+        ).format(region=region)
         for region in fold.training_regions
     ]
 
 
 def fold_training_tiles(wildcards):
     """Tiles (.npz) a fold's model trains on, in the order of fold_training_regions."""
-    return _fold_training_files(FOLDS[wildcards.fold], "npz")
+    return _fold_training_files(
+        FOLDS[wildcards.fold], paths.FOLD_TILES, paths.TILES, paths.AS_TRAIN_TILES
+    )
 
 
 def fold_training_manifests(wildcards):
     """Tile manifests (.csv) of fold_training_tiles, in the same order."""
-    return _fold_training_files(FOLDS[wildcards.fold], "csv")
+    return _fold_training_files(
+        FOLDS[wildcards.fold],
+        paths.FOLD_MANIFEST,
+        paths.MANIFEST,
+        paths.AS_TRAIN_MANIFEST,
+    )
 
 
 def fold_resolutions(wildcards):
@@ -220,7 +262,7 @@ def fold_resolutions(wildcards):
 
 
 def held_out_file(pattern):
-    """An input function: ``pattern`` (e.g. "results/dem/{region}.tif") for the fold's held-out region."""
+    """An input function: ``pattern`` (e.g. paths.DEM) for the fold's held-out region."""
     return lambda wildcards: pattern.format(region=fold_held_out_region(wildcards))
 
 
@@ -235,36 +277,31 @@ def held_out_radius_field(wildcards):
 
 
 def crossval_outputs(wildcards):
-    """Targets of the crossval target: the per-fold table and the summary of all folds."""
+    """Targets of the crossval target: the per-fold table and the summary of all folds. Without
+    folds the run stops here with one line (SystemExit passes Snakemake's input-function handling,
+    and the DAG is built before any job runs or the working directory is locked)."""
     if not FOLDS:
-        raise WorkflowError(NO_FOLDS)
-    return [
-        "results/metrics/crossval_folds.csv",
-        "results/metrics/crossval_summary.csv",
-    ]
+        sys.exit(f"cinderseg: error: {_config_source()}: {NO_FOLDS}")
+    return [paths.CROSSVAL_FOLDS, paths.CROSSVAL_SUMMARY]
 
 
 def all_outputs(wildcards):
     """Targets of the default target (all): every region's DEM and features, masks and tiles of labelled regions."""
-    targets = expand("results/features/{region}.tif", region=REGIONS)
-    targets += expand("results/masks/{region}.tif", region=LABELLED)
-    targets += expand("results/tiles/{region}.npz", region=LABELLED)
-    targets += expand("results/overview/{region}.png", region=LABELLED)
+    targets = expand(paths.FEATURES, region=REGIONS)
+    targets += expand(paths.MASK, region=LABELLED)
+    targets += expand(paths.TILES, region=LABELLED)
+    targets += expand(paths.OVERVIEW, region=LABELLED)
     if TRAINING:
-        targets += expand(
-            "results/models/{model}/{file}", model=MODEL, file=MODEL_FILES
-        )
+        targets += expand(paths.MODEL_FILE, model=MODEL, file=paths.MODEL_FILES)
     if PREDICT_MODEL is not None:
-        targets += expand("results/predictions/{region}.tif", region=REGIONS)
-        targets += expand("results/cones/{region}.gpkg", region=REGIONS)
-        targets += expand("results/cones/{region}_summary.csv", region=REGIONS)
-        targets += expand(
-            "results/figures/{region}/{figure}.png", region=REGIONS, figure=CONE_FIGURES
-        )
-        targets += expand("results/metrics/{region}.json", region=LABELLED)
-        targets += expand("results/figures/{region}/errors.png", region=LABELLED)
+        targets += expand(paths.PROBABILITY, region=REGIONS)
+        targets += expand(paths.CONES, region=REGIONS)
+        targets += expand(paths.CONE_SUMMARY, region=REGIONS)
+        targets += expand(paths.FIGURE, region=REGIONS, figure=paths.CONE_FIGURES)
+        targets += expand(paths.METRICS, region=LABELLED)
+        targets += expand(paths.FIGURE, region=LABELLED, figure="errors")
         if LABELLED:
-            targets.append("results/metrics/summary.csv")
+            targets.append(paths.METRICS_SUMMARY)
     if FOLDS:
         targets += crossval_outputs(wildcards)
     return targets

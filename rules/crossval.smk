@@ -1,19 +1,21 @@
 # Cross-region evaluation (the crossval section): per fold, tiles without the held-out area, a model,
 # its map of the held-out region, and the network and the baseline scored on the held-out area only.
+# The fold's steps are the main rules (tiles, train, predict, vectorize, evaluate) on the fold's
+# files: only inputs, outputs, logs, benchmarks and the params that differ are given here.
 
 
 rule crossval_tiles:
     """Cut a spatial fold's training/validation tiles from its region, none within gap_m of the held-out block."""
     input:
-        features=held_out_file("results/features/{region}.tif"),
-        mask=held_out_file("results/masks/{region}.tif"),
+        features=held_out_file(paths.FEATURES),
+        mask=held_out_file(paths.MASK),
     output:
-        tiles="results/crossval/tiles/{fold}.npz",
-        manifest="results/crossval/tiles/{fold}.csv",
+        tiles=paths.FOLD_TILES,
+        manifest=paths.FOLD_MANIFEST,
     log:
-        "results/logs/crossval_tiles/{fold}.log",
+        paths.log("crossval_tiles", "{fold}"),
     benchmark:
-        "results/benchmarks/crossval_tiles/{fold}.tsv"
+        paths.benchmark("crossval_tiles", "{fold}")
     wildcard_constraints:
         fold=alternation(SPATIAL_FOLDS),
     conda:
@@ -29,171 +31,126 @@ rule crossval_tiles:
         "../scripts/crossval_tiles.py"
 
 
-rule crossval_region_tiles:
-    """Cut a region's tiles as for a role 'train' region (train/validation split), for leave-one-region-out training."""
-    input:
-        features="results/features/{region}.tif",
-        mask="results/masks/{region}.tif",
+# A region's tiles cut as for a role 'train' region (train/validation split), for
+# leave-one-region-out training.
+use rule tiles as crossval_region_tiles with:
     output:
-        tiles="results/crossval/tiles/as_train/{region}.npz",
-        manifest="results/crossval/tiles/as_train/{region}.csv",
+        tiles=paths.AS_TRAIN_TILES,
+        manifest=paths.AS_TRAIN_MANIFEST,
     log:
-        "results/logs/crossval_region_tiles/{region}.log",
+        paths.log("crossval_region_tiles", "{region}"),
     benchmark:
-        "results/benchmarks/crossval_region_tiles/{region}.tsv"
-    conda:
-        "../envs/gis.yaml"
-    threads: 1
-    resources:
-        mem_mb=per_attempt(2000),
-        runtime=per_attempt(20),
+        paths.benchmark("crossval_region_tiles", "{region}")
     params:
-        tiling=config["tiling"],
         role="train",
-    script:
-        "../scripts/tiles.py"
 
 
-rule crossval_train:
-    """Train a fold's U-Net (settings of rule train) on its training tiles; resumes after a kill."""
+# A fold's U-Net (settings of rule train) on its training tiles; resumes after a kill.
+use rule train as crossval_train with:
     input:
         tiles=fold_training_tiles,
         manifests=fold_training_manifests,
         initial_model=initial_model_files,
     output:
-        model="results/crossval/models/{fold}/model.keras",
-        history="results/crossval/models/{fold}/history.csv",
-        curves="results/crossval/models/{fold}/training_curves.png",
-        card="results/crossval/models/{fold}/model_card.json",
+        model=fold_model_file("model.keras"),
+        history=fold_model_file("history.csv"),
+        curves=report(
+            fold_model_file("training_curves.png"),
+            caption="../report/crossval_training_curves.rst",
+            category="Cross-validation",
+            subcategory="Training curves",
+            labels={"fold": "{fold}"},
+        ),
+        card=fold_model_file("model_card.json"),
     log:
-        "results/logs/crossval_train/{fold}.log",
+        paths.log("crossval_train", "{fold}"),
     benchmark:
-        "results/benchmarks/crossval_train/{fold}.tsv"
-    conda:
-        "../envs/tf.yaml"
-    threads: TRAIN_THREADS
-    resources:
-        mem_mb=per_attempt(8000),
-        runtime=train_runtime,
+        paths.benchmark("crossval_train", "{fold}")
     params:
-        model=config["model"],
-        train=config["train"],
-        tile_size=config["tiling"]["size"],
         regions=fold_training_regions,
-        features=config["features"],
         resolutions=fold_resolutions,
         fold=fold_settings,
-    script:
-        "../scripts/train.py"
 
 
-rule crossval_predict:
-    """Apply a fold's U-Net to the whole held-out region (scored on the held-out area only)."""
+# A fold's U-Net over the whole held-out region (scored on the held-out area only).
+use rule predict as crossval_predict with:
     input:
-        model="results/crossval/models/{fold}/model.keras",
-        card="results/crossval/models/{fold}/model_card.json",
-        features=held_out_file("results/features/{region}.tif"),
+        model=fold_model_file("model.keras"),
+        card=fold_model_file("model_card.json"),
+        features=held_out_file(paths.FEATURES),
     output:
-        probability="results/crossval/predictions/{fold}.tif",
+        probability=paths.FOLD_PROBABILITY,
     log:
-        "results/logs/crossval_predict/{fold}.log",
+        paths.log("crossval_predict", "{fold}"),
     benchmark:
-        "results/benchmarks/crossval_predict/{fold}.tsv"
-    conda:
-        "../envs/tf.yaml"
-    threads: TRAIN_THREADS
-    resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(120),
+        paths.benchmark("crossval_predict", "{fold}")
     params:
-        predict=predict_settings,
-        channels=config["features"]["channels"],
         tile_size=config["tiling"]["size"],
         region=fold_held_out_region,
-    script:
-        "../scripts/predict.py"
 
 
-rule crossval_vectorize:
-    """Cone polygons with morphometry from a fold's probability map of its held-out region."""
+# Cone polygons with morphometry from a fold's probability map of its held-out region.
+use rule vectorize as crossval_vectorize with:
     input:
-        probability="results/crossval/predictions/{fold}.tif",
-        dem=held_out_file("results/dem/{region}.tif"),
+        probability=paths.FOLD_PROBABILITY,
+        dem=held_out_file(paths.DEM),
     output:
-        cones="results/crossval/cones/{fold}.gpkg",
-        summary="results/crossval/cones/{fold}_summary.csv",
-        size_frequency="results/crossval/figures/{fold}/size_frequency.png",
-        height_vs_diameter="results/crossval/figures/{fold}/height_vs_diameter.png",
-        cone_map="results/crossval/figures/{fold}/cone_map.png",
+        cones=paths.FOLD_CONES,
+        summary=paths.FOLD_CONE_SUMMARY,
+        size_frequency=fold_figure("size_frequency"),
+        height_vs_diameter=fold_figure("height_vs_diameter"),
+        cone_map=fold_figure("cone_map"),
     log:
-        "results/logs/crossval_vectorize/{fold}.log",
+        paths.log("crossval_vectorize", "{fold}"),
     benchmark:
-        "results/benchmarks/crossval_vectorize/{fold}.tsv"
-    conda:
-        "../envs/gis.yaml"
-    threads: 1
-    resources:
-        mem_mb=per_attempt(2000),
-        runtime=per_attempt(60),
+        paths.benchmark("crossval_vectorize", "{fold}")
     params:
-        vectorize=config["vectorize"],
         region=fold_held_out_region,
-    script:
-        "../scripts/vectorize.py"
 
 
-rule crossval_evaluate:
-    """Score a fold's network cones and the baseline's on the held-out area only (spatial: cones centred in the block)."""
+# A fold's network cones and the baseline's scored on the held-out area only (spatial: cones
+# centred in the block).
+use rule evaluate as crossval_evaluate with:
     input:
-        probability="results/crossval/predictions/{fold}.tif",
-        cones="results/crossval/cones/{fold}.gpkg",
-        baseline=held_out_file("results/baseline/{region}.gpkg"),
-        mask=held_out_file("results/masks/{region}.tif"),
-        dem=held_out_file("results/dem/{region}.tif"),
+        probability=paths.FOLD_PROBABILITY,
+        cones=paths.FOLD_CONES,
+        baseline=held_out_file(paths.BASELINE),
+        mask=held_out_file(paths.MASK),
+        dem=held_out_file(paths.DEM),
         labels=held_out_labels,
     output:
-        metrics="results/metrics/crossval/{fold}.json",
-        errors="results/crossval/figures/{fold}/errors.png",
+        metrics=paths.FOLD_METRICS,
+        errors=fold_figure("errors"),
     log:
-        "results/logs/crossval_evaluate/{fold}.log",
+        paths.log("crossval_evaluate", "{fold}"),
     benchmark:
-        "results/benchmarks/crossval_evaluate/{fold}.tsv"
-    conda:
-        "../envs/gis.yaml"
-    threads: 1
-    resources:
-        mem_mb=per_attempt(2000),
-        runtime=per_attempt(30),
+        paths.benchmark("crossval_evaluate", "{fold}")
     params:
-        evaluate=config["evaluate"],
-        threshold=config["vectorize"]["threshold"],
         radius_field=held_out_radius_field,
         role="held_out",
         region=fold_held_out_region,
         fold=fold_settings,
-    script:
-        "../scripts/evaluate.py"
 
 
 rule crossval_summary:
     """Tabulate every fold's network and baseline scores, and their means per held-out region and overall."""
     input:
-        expand("results/metrics/crossval/{fold}.json", fold=FOLDS),
+        expand(paths.FOLD_METRICS, fold=FOLDS),
     output:
         folds=report(
-            "results/metrics/crossval_folds.csv",
+            paths.CROSSVAL_FOLDS,
             caption="../report/crossval_folds.rst",
             category="Cross-validation",
         ),
         summary=report(
-            "results/metrics/crossval_summary.csv",
+            paths.CROSSVAL_SUMMARY,
             caption="../report/crossval_summary.rst",
             category="Cross-validation",
         ),
     log:
-        "results/logs/crossval_summary/all.log",
+        paths.log("crossval_summary", "all"),
     benchmark:
-        "results/benchmarks/crossval_summary/all.tsv"
+        paths.benchmark("crossval_summary", "all")
     conda:
         "../envs/report.yaml"
     threads: 1

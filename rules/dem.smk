@@ -4,12 +4,12 @@
 rule synthetic_dem:
     """Generate a synthetic shield-flank DEM with a cinder-cone field and its true cones."""
     output:
-        dem="results/dem/{region}.tif",
-        cones="results/synthetic/{region}_cones.gpkg",
+        dem=paths.DEM,
+        cones=paths.SYNTHETIC_CONES,
     log:
-        "results/logs/dem/{region}.log",
+        paths.log("dem", "{region}"),
     benchmark:
-        "results/benchmarks/dem/{region}.tsv"
+        paths.benchmark("dem", "{region}")
     wildcard_constraints:
         region=alternation(SYNTHETIC),
     conda:
@@ -29,11 +29,11 @@ rule dem:
     input:
         dem=dem_sources,
     output:
-        dem="results/dem/{region}.tif",
+        dem=paths.DEM,
     log:
-        "results/logs/dem/{region}.log",
+        paths.log("dem", "{region}"),
     benchmark:
-        "results/benchmarks/dem/{region}.tsv"
+        paths.benchmark("dem", "{region}")
     wildcard_constraints:
         region=alternation(FILE_BASED + USGS3DEP),
     conda:

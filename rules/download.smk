@@ -4,11 +4,11 @@
 rule download_tile:
     """Download one 1 x 1 degree USGS 3DEP GeoTIFF tile (e.g. USGS_13_n20w156.tif) into the tile cache."""
     output:
-        tile="resources/dem/tiles/USGS_{product}_{tile}.tif",
+        tile=paths.DEM_TILE,
     log:
-        "results/logs/download/USGS_{product}_{tile}.log",
+        paths.log("download", "USGS_{product}_{tile}"),
     benchmark:
-        "results/benchmarks/download/USGS_{product}_{tile}.tsv"
+        paths.benchmark("download", "USGS_{product}_{tile}")
     wildcard_constraints:
         product="13|1",
         tile="[ns][0-9]{2}[ew][0-9]{3}",

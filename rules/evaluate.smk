@@ -4,24 +4,24 @@
 rule evaluate:
     """Compare the network's and the baseline's cones with the labels: pixel IoU/F1, one-to-one object matching."""
     input:
-        probability="results/predictions/{region}.tif",
-        cones="results/cones/{region}.gpkg",
-        baseline="results/baseline/{region}.gpkg",
-        mask="results/masks/{region}.tif",
-        dem="results/dem/{region}.tif",
+        probability=paths.PROBABILITY,
+        cones=paths.CONES,
+        baseline=paths.BASELINE,
+        mask=paths.MASK,
+        dem=paths.DEM,
         labels=labels_file,
     output:
-        metrics="results/metrics/{region}.json",
+        metrics=paths.METRICS,
         errors=report(
-            "results/figures/{region}/errors.png",
+            region_figure("errors"),
             caption="../report/errors.rst",
             category="Accuracy",
             subcategory="{region}",
         ),
     log:
-        "results/logs/evaluate/{region}.log",
+        paths.log("evaluate", "{region}"),
     benchmark:
-        "results/benchmarks/evaluate/{region}.tsv"
+        paths.benchmark("evaluate", "{region}")
     conda:
         "../envs/gis.yaml"
     threads: 1
@@ -31,9 +31,7 @@ rule evaluate:
     params:
         evaluate=config["evaluate"],
         threshold=config["vectorize"]["threshold"],
-        radius_field=lambda wildcards: config["regions"][wildcards.region][
-            "radius_field"
-        ],
+        radius_field=radius_field,
         role=region_role,
     script:
         "../scripts/evaluate.py"
@@ -42,17 +40,17 @@ rule evaluate:
 rule metrics_summary:
     """Tabulate the metrics of every labelled region, network and baseline side by side."""
     input:
-        expand("results/metrics/{region}.json", region=LABELLED),
+        expand(paths.METRICS, region=LABELLED),
     output:
         table=report(
-            "results/metrics/summary.csv",
+            paths.METRICS_SUMMARY,
             caption="../report/metrics_summary.rst",
             category="Accuracy",
         ),
     log:
-        "results/logs/metrics_summary/all.log",
+        paths.log("metrics_summary", "all"),
     benchmark:
-        "results/benchmarks/metrics_summary/all.tsv"
+        paths.benchmark("metrics_summary", "all")
     conda:
         "../envs/report.yaml"
     threads: 1

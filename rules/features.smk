@@ -4,13 +4,13 @@
 rule features:
     """Compute the configured channel stack (e.g. elevation, Sobel, CLAHE) block by block."""
     input:
-        dem="results/dem/{region}.tif",
+        dem=paths.DEM,
     output:
-        features="results/features/{region}.tif",
+        features=paths.FEATURES,
     log:
-        "results/logs/features/{region}.log",
+        paths.log("features", "{region}"),
     benchmark:
-        "results/benchmarks/features/{region}.tsv"
+        paths.benchmark("features", "{region}")
     conda:
         "../envs/gis.yaml"
     threads: 1

@@ -4,14 +4,14 @@
 rule mask:
     """Rasterize the region's cone labels (polygons, or points with a radius) onto its DEM grid."""
     input:
-        dem="results/dem/{region}.tif",
+        dem=paths.DEM,
         labels=labels_file,
     output:
-        mask="results/masks/{region}.tif",
+        mask=paths.MASK,
     log:
-        "results/logs/mask/{region}.log",
+        paths.log("mask", "{region}"),
     benchmark:
-        "results/benchmarks/mask/{region}.tsv"
+        paths.benchmark("mask", "{region}")
     conda:
         "../envs/gis.yaml"
     threads: 1
@@ -19,8 +19,6 @@ rule mask:
         mem_mb=per_attempt(1000),
         runtime=per_attempt(10),
     params:
-        radius_field=lambda wildcards: config["regions"][wildcards.region][
-            "radius_field"
-        ],
+        radius_field=radius_field,
     script:
         "../scripts/mask.py"

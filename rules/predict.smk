@@ -5,13 +5,13 @@ rule predict:
     """Apply the U-Net to the region's features in overlapping windows blended into one probability map."""
     input:
         unpack(prediction_model),
-        features="results/features/{region}.tif",
+        features=paths.FEATURES,
     output:
-        probability="results/predictions/{region}.tif",
+        probability=paths.PROBABILITY,
     log:
-        "results/logs/predict/{region}.log",
+        paths.log("predict", "{region}"),
     benchmark:
-        "results/benchmarks/predict/{region}.tsv"
+        paths.benchmark("predict", "{region}")
     conda:
         "../envs/tf.yaml"
     threads: TRAIN_THREADS
@@ -29,33 +29,33 @@ rule predict:
 rule vectorize:
     """Threshold and clean the probability map, split touching cones, polygonize, measure each cone."""
     input:
-        probability="results/predictions/{region}.tif",
-        dem="results/dem/{region}.tif",
+        probability=paths.PROBABILITY,
+        dem=paths.DEM,
     output:
-        cones="results/cones/{region}.gpkg",
-        summary="results/cones/{region}_summary.csv",
+        cones=paths.CONES,
+        summary=paths.CONE_SUMMARY,
         size_frequency=report(
-            "results/figures/{region}/size_frequency.png",
+            region_figure("size_frequency"),
             caption="../report/size_frequency.rst",
             category="Cones",
             subcategory="{region}",
         ),
         height_vs_diameter=report(
-            "results/figures/{region}/height_vs_diameter.png",
+            region_figure("height_vs_diameter"),
             caption="../report/height_vs_diameter.rst",
             category="Cones",
             subcategory="{region}",
         ),
         cone_map=report(
-            "results/figures/{region}/cone_map.png",
+            region_figure("cone_map"),
             caption="../report/cone_map.rst",
             category="Cones",
             subcategory="{region}",
         ),
     log:
-        "results/logs/vectorize/{region}.log",
+        paths.log("vectorize", "{region}"),
     benchmark:
-        "results/benchmarks/vectorize/{region}.tsv"
+        paths.benchmark("vectorize", "{region}")
     conda:
         "../envs/gis.yaml"
     threads: 1
@@ -71,13 +71,13 @@ rule vectorize:
 rule baseline:
     """Detect cones with the classical Laplacian-of-Gaussian detector (no training), measured like the network's."""
     input:
-        dem="results/dem/{region}.tif",
+        dem=paths.DEM,
     output:
-        cones="results/baseline/{region}.gpkg",
+        cones=paths.BASELINE,
     log:
-        "results/logs/baseline/{region}.log",
+        paths.log("baseline", "{region}"),
     benchmark:
-        "results/benchmarks/baseline/{region}.tsv"
+        paths.benchmark("baseline", "{region}")
     conda:
         "../envs/gis.yaml"
     threads: 1

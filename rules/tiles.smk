@@ -4,15 +4,15 @@
 rule tiles:
     """Cut overlapping tiles with a spatially blocked train/validation split (no leakage)."""
     input:
-        features="results/features/{region}.tif",
-        mask="results/masks/{region}.tif",
+        features=paths.FEATURES,
+        mask=paths.MASK,
     output:
-        tiles="results/tiles/{region}.npz",
-        manifest="results/tiles/{region}.csv",
+        tiles=paths.TILES,
+        manifest=paths.MANIFEST,
     log:
-        "results/logs/tiles/{region}.log",
+        paths.log("tiles", "{region}"),
     benchmark:
-        "results/benchmarks/tiles/{region}.tsv"
+        paths.benchmark("tiles", "{region}")
     conda:
         "../envs/gis.yaml"
     threads: 1
@@ -21,7 +21,7 @@ rule tiles:
         runtime=per_attempt(20),
     params:
         tiling=config["tiling"],
-        role=lambda wildcards: config["regions"][wildcards.region]["role"],
+        role=region_role,
     script:
         "../scripts/tiles.py"
 
@@ -29,19 +29,19 @@ rule tiles:
 rule overview:
     """Plot the region's hillshade with labelled cones and tiles coloured by split."""
     input:
-        dem="results/dem/{region}.tif",
-        mask="results/masks/{region}.tif",
-        manifest="results/tiles/{region}.csv",
+        dem=paths.DEM,
+        mask=paths.MASK,
+        manifest=paths.MANIFEST,
     output:
         png=report(
-            "results/overview/{region}.png",
+            paths.OVERVIEW,
             caption="../report/overview.rst",
             category="Regions",
         ),
     log:
-        "results/logs/overview/{region}.log",
+        paths.log("overview", "{region}"),
     benchmark:
-        "results/benchmarks/overview/{region}.tsv"
+        paths.benchmark("overview", "{region}")
     conda:
         "../envs/report.yaml"
     threads: 1

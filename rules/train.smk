@@ -2,24 +2,24 @@
 
 
 rule train:
-    """Train the U-Net on the tiles of all role 'train' regions; resumes after a kill (state in results/models/{model}.state)."""
+    """Train the U-Net on the tiles of all role 'train' regions; resumes after a kill (state in {model}.state beside the model's folder)."""
     input:
         tiles=training_tiles,
         manifests=training_manifests,
         initial_model=initial_model_files,
     output:
-        model="results/models/{model}/model.keras",
-        history="results/models/{model}/history.csv",
+        model=model_file("model.keras"),
+        history=model_file("history.csv"),
         curves=report(
-            "results/models/{model}/training_curves.png",
+            model_file("training_curves.png"),
             caption="../report/training_curves.rst",
             category="Training",
         ),
-        card="results/models/{model}/model_card.json",
+        card=model_file("model_card.json"),
     log:
-        "results/logs/train/{model}.log",
+        paths.log("train", "{model}"),
     benchmark:
-        "results/benchmarks/train/{model}.tsv"
+        paths.benchmark("train", "{model}")
     wildcard_constraints:
         model=MODEL,
     conda:

@@ -1,7 +1,7 @@
 """Snakemake script of rule baseline: the classical LoG cone detector, measured like the network's cones."""
 
-from cinderseg.baseline import BaselineSettings, run_baseline
-from cinderseg.step import run_step
+from cinderseg.cones.baseline import BaselineSettings, run_baseline
+from cinderseg.core.step import run_step
 
 run_step(
     snakemake.log[0],

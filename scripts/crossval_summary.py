@@ -1,7 +1,7 @@
 """Snakemake script of rule crossval_summary: the per-fold and per-region cross-validation tables."""
 
-from cinderseg.folds import crossval_tables
-from cinderseg.step import run_step
+from cinderseg.assess.crossval import crossval_tables
+from cinderseg.core.step import run_step
 
 run_step(
     snakemake.log[0],

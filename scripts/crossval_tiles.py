@@ -2,9 +2,9 @@
 
 import logging
 
-from cinderseg.folds import Fold, cut_fold_tiles
-from cinderseg.step import run_step
-from cinderseg.tiles import TilingSettings
+from cinderseg.core.step import run_step
+from cinderseg.data.folds import Fold, cut_fold_tiles
+from cinderseg.data.tiles import TilingSettings
 
 
 def main(features: str, mask: str, tiles: str, manifest: str, tiling: dict, fold: dict) -> None:

@@ -1,7 +1,7 @@
 """Snakemake script of rule dem: mosaic, clip and reproject DEM files to the region's grid."""
 
-from cinderseg.dem import prepare_dem
-from cinderseg.step import run_step
+from cinderseg.core.step import run_step
+from cinderseg.terrain.dem import prepare_dem
 
 region = snakemake.params.region
 run_step(

@@ -4,9 +4,9 @@ The download settings are read from the config, not passed as params, so that ch
 or a timeout does not download the cached tiles again.
 """
 
-from cinderseg.config import validate_config
-from cinderseg.download import DownloadSettings, download_tile
-from cinderseg.step import run_step
+from cinderseg.core.step import run_step
+from cinderseg.terrain.download import DownloadSettings, download_tile
+from cinderseg.workflow.config import validate_config
 
 
 def main(tile: str, product: str, dest: str, config: dict) -> None:

@@ -1,11 +1,12 @@
 """Snakemake script of rules evaluate and crossval_evaluate: pixel and object metrics of the network
 and the baseline (for a cross-validation fold: on its held-out area only)."""
 
-from cinderseg.evaluate import EvaluateSettings, evaluate_region
-from cinderseg.folds import Fold, held_out_area
-from cinderseg.mask import load_labels
-from cinderseg.raster import open_raster
-from cinderseg.step import run_step
+from cinderseg.assess.evaluate import evaluate_region
+from cinderseg.assess.settings import EvaluateSettings
+from cinderseg.core.raster import open_raster
+from cinderseg.core.step import run_step
+from cinderseg.data.folds import Fold, held_out_area
+from cinderseg.data.mask import load_labels
 
 
 def main(inp, out, params, region: str) -> None:

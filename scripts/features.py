@@ -1,7 +1,7 @@
 """Snakemake script of rule features: the channel stack computed from the DEM."""
 
-from cinderseg.features import FeatureSettings, compute_features
-from cinderseg.step import run_step
+from cinderseg.core.step import run_step
+from cinderseg.terrain.features import FeatureSettings, compute_features
 
 
 def main(dem: str, features: str, settings: dict, region: str) -> None:

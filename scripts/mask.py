@@ -1,7 +1,7 @@
 """Snakemake script of rule mask: rasterize cone labels onto the region's DEM grid."""
 
-from cinderseg.mask import rasterize_labels
-from cinderseg.step import run_step
+from cinderseg.core.step import run_step
+from cinderseg.data.mask import rasterize_labels
 
 run_step(
     snakemake.log[0],

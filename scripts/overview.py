@@ -1,7 +1,7 @@
 """Snakemake script of rule overview: hillshade, labelled cones and tiles of a region."""
 
-from cinderseg.plots import plot_region_overview
-from cinderseg.step import run_step
+from cinderseg.assess.figures import plot_region_overview
+from cinderseg.core.step import run_step
 
 run_step(
     snakemake.log[0],

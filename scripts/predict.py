@@ -1,11 +1,8 @@
 """Snakemake script of rules predict and crossval_predict: the U-Net over a whole region, blended."""
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info lines
-
-from cinderseg.predict import PredictSettings, predict_probability
-from cinderseg.step import run_step
+from cinderseg.core.step import run_step
+from cinderseg.nn.predict import predict_probability
+from cinderseg.nn.settings import PredictSettings
 
 run_step(
     snakemake.log[0],

@@ -1,8 +1,8 @@
 """Snakemake script of rule synthetic_dem: generate a synthetic region's DEM and true cones."""
 
-from cinderseg.errors import ConfigError
-from cinderseg.step import run_step
-from cinderseg.synthetic import SyntheticParams, write_synthetic_region
+from cinderseg.core.errors import ConfigError
+from cinderseg.core.step import run_step
+from cinderseg.terrain.synthetic import SyntheticParams, write_synthetic_region
 
 
 def main(name: str, region: dict, dem_path: str, cones_path: str) -> None:

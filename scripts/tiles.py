@@ -2,8 +2,8 @@
 
 import logging
 
-from cinderseg.step import run_step
-from cinderseg.tiles import TilingSettings, make_tiles
+from cinderseg.core.step import run_step
+from cinderseg.data.tiles import TilingSettings, make_tiles
 
 
 def main(features: str, mask: str, tiles: str, manifest: str, tiling: dict, role: str, region: str) -> None:

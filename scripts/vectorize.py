@@ -1,7 +1,7 @@
 """Snakemake script of rules vectorize and crossval_vectorize: cone polygons, morphometry, figures."""
 
-from cinderseg.step import run_step
-from cinderseg.vectorize import VectorizeSettings, write_cone_products
+from cinderseg.cones.vectorize import VectorizeSettings, write_cone_products
+from cinderseg.core.step import run_step
 
 
 def main(inp, out, settings: dict, region: str) -> None:

@@ -1,6 +1,6 @@
-"""Tests of cinderseg.augment: a cone stays a cone under vertical exaggeration and zoom.
+"""Tests of cinderseg.data.augment: a cone stays a cone under vertical exaggeration and zoom.
 
-The reference is always the features step itself (cinderseg.features.compute_features) run on the
+The reference is always the features step itself (cinderseg.terrain.features.compute_features) run on the
 transformed DEM: an exaggerated copy ``f * z`` for the exaggeration, the same analytic terrain
 sampled at ``res / s`` for the zoom.
 """
@@ -15,7 +15,7 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from cinderseg.augment import (
+from cinderseg.data.augment import (
     APPROXIMATE,
     EXACT,
     NOT_TRANSFORMED,
@@ -25,7 +25,7 @@ from cinderseg.augment import (
     shape_draws,
     zoom_pair,
 )
-from cinderseg.features import CHANNELS, FeatureSettings, compute_features
+from cinderseg.terrain.features import CHANNELS, FeatureSettings, compute_features
 
 N, RES = 96, 30.0
 ALTITUDE = 30.0  # a low sun, so that the steep flank facing away from it is in shadow (clipped to 0)

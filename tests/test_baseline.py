@@ -17,7 +17,7 @@ from affine import Affine
 from scipy import ndimage
 from shapely.geometry import Point, box
 
-from cinderseg.baseline import (
+from cinderseg.cones.baseline import (
     DETECTION_COLUMNS,
     EXTRA_COLUMNS,
     BaselineSettings,
@@ -26,10 +26,10 @@ from cinderseg.baseline import (
     halo_px,
     run_baseline,
 )
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.raster import NODATA_FLOAT, geotiff_profile
-from cinderseg.synthetic import SyntheticParams, generate_synthetic_region
-from cinderseg.vectorize import CONE_COLUMNS
+from cinderseg.cones.morphometry import CONE_COLUMNS
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
+from cinderseg.terrain.synthetic import SyntheticParams, generate_synthetic_region
 
 REPO = Path(__file__).resolve().parent.parent
 RES = 30.0
@@ -119,7 +119,7 @@ def test_settings_defaults_match_schema_and_bad_values_fail():
         BaselineSettings(min_diameter_m=500, max_diameter_m=400)
     with pytest.raises(ConfigError, match=r"^baseline\.max_flank_slope_deg: must be larger"):
         BaselineSettings(min_flank_slope_deg=30, max_flank_slope_deg=20)
-    with pytest.raises(ConfigError, match=r"^baseline\.min_relief: unknown key"):
+    with pytest.raises(ConfigError, match=r"^baseline: unknown key 'min_relief'"):
         BaselineSettings.from_config({"min_relief": 10})
 
 
@@ -212,7 +212,7 @@ def test_no_detections_on_non_cone_terrain(tmp_path, terrain):
 
 
 def test_synthetic_region_cones_are_found(tmp_path):
-    """A small realistic region (cinderseg.synthetic, with lava flows, gullies, pits and knobs)."""
+    """A small realistic region (cinderseg.terrain.synthetic, with lava flows, gullies, pits and knobs)."""
     params = SyntheticParams(seed=3, width_px=320, height_px=320, n_cones=10, diameter_median_m=600)
     region = generate_synthetic_region(params)
     dem = tmp_path / "dem.tif"
@@ -301,7 +301,7 @@ def test_all_nodata_and_geographic_dem_fail_with_one_line(tmp_path):
     )  # fmt: skip
     with rasterio.open(geo, "w", **profile) as dst:
         dst.write(np.zeros((1, 32, 32), dtype="float32"))
-    with pytest.raises(InputError, match=r"region 'mk'.*geographic"):
+    with pytest.raises(InputError, match=r"region 'mk'.*is not projected"):
         detect_cones(geo, BaselineSettings(), region="mk")
     with pytest.raises(InputError, match="not found"):
         detect_cones(tmp_path / "missing.tif", BaselineSettings(), region="mk")

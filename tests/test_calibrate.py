@@ -1,11 +1,11 @@
-"""Tests of cinderseg.calibrate: the temperature of an over- or under-confident predictor, F1 table."""
+"""Tests of cinderseg.nn.calibrate: the temperature of an over- or under-confident predictor, F1 table."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cinderseg.calibrate import (
+from cinderseg.nn.calibrate import (
     THRESHOLDS,
     LogitHistogram,
     apply_temperature,

@@ -12,8 +12,8 @@ import geopandas as gpd
 import pytest
 import rasterio
 
-from cinderseg.examples import write_srtm_like_example
-from cinderseg.synthetic import SyntheticParams
+from cinderseg.data.examples import write_srtm_like_example
+from cinderseg.terrain.synthetic import SyntheticParams
 from tests.workflow_helpers import REPO
 
 pytestmark = pytest.mark.workflow
@@ -48,7 +48,7 @@ def test_predict_maps_a_geographic_two_file_dem_with_the_models_settings(
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "predict [" in proc.stderr, "a progress bar"
+    assert "cinderseg: predict: " in proc.stderr and " windows (100%)" in proc.stderr, "progress lines"
     card = json.loads(model.with_name("model_card.json").read_text())
     with rasterio.open(prob) as ds:
         assert ds.crs.is_projected and ds.crs.to_epsg() == 32605

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
 from pathlib import Path
 
 import pytest
 
-from cinderseg.config import (
+from cinderseg.core.errors import ConfigError
+from cinderseg.core.schema import section_schema
+from cinderseg.workflow.config import (
     check_input_files,
     labelled_regions,
     load_config,
     load_schema,
     region_names,
+    typed_overrides,
     validate_config,
 )
-from cinderseg.errors import ConfigError
+from cinderseg.workflow.reference import render
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = {"regions": {"a": {"source": "synthetic", "role": "train", "labels": "synthetic"}}}
@@ -92,7 +97,7 @@ def test_every_schema_key_is_documented_with_a_default() -> None:
         (with_changes(tiling={"size": "224"}), "tiling.size: '224' is not of type integer"),
         (
             with_changes(train={"relief_exaggeration": [1.6, 0.4]}),
-            "train.relief_exaggeration: [1.6, 0.4] must be",
+            "train.relief_exaggeration: expected [lo, hi] with lo <= hi, got [1.6, 0.4]",
         ),
         (with_changes(train={"resolution_scale": [0.7]}), "train.resolution_scale: [0.7] is too short"),
         (
@@ -125,7 +130,7 @@ def test_every_schema_key_is_documented_with_a_default() -> None:
         ),
         (
             {"regions": {"a": {"source": "synthetic", "synthetic": {"diameter_min_m": 2000}}}},
-            "regions.a.synthetic.diameter_min_m: 2000 is larger than diameter_max_m",
+            "regions.a.synthetic.diameter_min_m: 2000 is larger than synthetic.diameter_max_m",
         ),
         (
             {"regions": {"a": {"source": "file", "dem": "x.tif", "bbox": [10, 5, 0, 6]}}},
@@ -183,3 +188,94 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_command_line_values_are_typed_by_the_schema() -> None:
+    """What Snakemake's --config gives for nested values (strings), typed where the schema expects
+    no string; strings the schema allows, and values YAML cannot read as the type, stay."""
+    given = {
+        "train": {"epochs": "2", "max_minutes": "1.5", "calibrate": "false", "resolution_scale": "null",
+                  "relief_exaggeration": ["0.8", "1.25"]},
+        "regions": {"a": {"bbox": ["-155.5", "19.5", "-155.4", "19.6"], "dem": "1.tif", "product": "1",
+                          "synthetic": {"seed": "7"}}},
+        "crossval": {"spatial_folds": {"a": {"rows": "1", "cols": "2"}}, "leave_one_region_out": "[a, b]"},
+        "tiling": {"size": "sixty-four"},
+        "unknown": {"key": "3"},
+    }  # fmt: skip
+    assert typed_overrides(given) == {
+        "train": {"epochs": 2, "max_minutes": 1.5, "calibrate": False, "resolution_scale": None,
+                  "relief_exaggeration": [0.8, 1.25]},
+        "regions": {"a": {"bbox": [-155.5, 19.5, -155.4, 19.6], "dem": "1.tif", "product": "1",
+                          "synthetic": {"seed": 7}}},
+        "crossval": {"spatial_folds": {"a": {"rows": 1, "cols": 2}}, "leave_one_region_out": ["a", "b"]},
+        "tiling": {"size": "sixty-four"},
+        "unknown": {"key": "3"},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"tiling\.size: 'sixty-four' is not of type integer"):
+        validate_config({**MINIMAL, **typed_overrides({"tiling": {"size": "sixty-four"}})})
+
+
+def test_the_configuration_reference_is_up_to_date() -> None:
+    """docs/configuration.md is generated from the schema: `make docs` after changing the schema."""
+    written = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert written == render(), "docs/configuration.md is out of date: run `make docs`"
+
+
+def test_the_reference_lists_every_key_of_every_section() -> None:
+    text = render()
+    schema = load_schema()
+    chunks = dict(chunk.split("\n", 1) for chunk in text.split("\n## ")[1:])
+    assert list(chunks) == list(schema["properties"])
+    region = schema["definitions"]["region"]["properties"]
+    keys = {name: list(section.get("properties", {})) for name, section in schema["properties"].items()}
+    keys["regions"] = [*region, *region["synthetic"]["properties"]]
+    keys["crossval"] += ["rows", "cols", "gap_m"]
+    for name, chunk in chunks.items():
+        rows = [line for line in chunk.splitlines() if line.startswith("| `")]
+        assert [row.split("`")[1] for row in rows] == keys[name], name
+    assert "| `size` | integer | ≥ 32; multiple of 32 | `224` | Tile size in pixels;" in chunks["tiling"]
+    assert (
+        "| `relief_exaggeration` | list of number or null | exactly 2 items; each ≥ 0.1 and ≤ 10 | `null` |"
+        in (chunks["train"])
+    )
+    assert "| `source` | string | one of `synthetic`, `file`, `usgs3dep` | required |" in chunks["regions"]
+
+
+# Every settings class: its fields are its schema section's keys, with the schema's defaults. The
+# exceptions are the fields that come from elsewhere and the keys that are inputs, not settings.
+SETTINGS_CLASSES = [
+    ("cinderseg.terrain.features", "FeatureSettings", "features", set(), set()),
+    ("cinderseg.data.tiles", "TilingSettings", "tiling", set(), set()),
+    ("cinderseg.terrain.download", "DownloadSettings", "download", set(), set()),
+    # resolution_m: the region's own key (regions.<name>.resolution_m)
+    ("cinderseg.terrain.synthetic", "SyntheticParams", "region.synthetic", {"resolution_m"}, set()),
+    ("cinderseg.nn.settings", "ModelSettings", "model", set(), set()),
+    ("cinderseg.nn.settings", "TrainSettings", "train", set(), set()),
+    ("cinderseg.nn.settings", "PredictSettings", "predict", set(), set()),
+    ("cinderseg.cones.vectorize", "VectorizeSettings", "vectorize", set(), set()),
+    ("cinderseg.cones.baseline", "BaselineSettings", "baseline", set(), set()),
+    ("cinderseg.assess.settings", "EvaluateSettings", "evaluate", set(), set()),
+]
+
+
+def _plain(value: object) -> object:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "section", "extra", "missing"), SETTINGS_CLASSES, ids=[c[1] for c in SETTINGS_CLASSES]
+)
+def test_settings_classes_have_the_keys_and_defaults_of_their_schema_section(
+    module: str, name: str, section: str, extra: set[str], missing: set[str]
+) -> None:
+    cls = getattr(importlib.import_module(module), name)
+    properties = section_schema(section)["properties"]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(fields) == (set(properties) | extra) - missing, f"{name} vs the schema's {section}"
+    for key in set(properties) - missing:
+        field = fields[key]
+        default = (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        )
+        expected = properties[key].get("default", None)
+        assert _plain(default) == _plain(expected), f"{name}.{key}: {default!r}, schema: {expected!r}"

@@ -11,9 +11,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from cinderseg.folds import block_grid
-from cinderseg.tiles import read_manifest
-from tests.workflow_helpers import JOB_LINE, REPO, WILDCARDS_LINE, snakemake, write_config
+from cinderseg.data.folds import block_grid
+from cinderseg.data.tiles import read_manifest
+from cinderseg.workflow import paths
+from tests.workflow_helpers import (
+    JOB_LINE,
+    REPO,
+    WILDCARDS_LINE,
+    benchmark_file,
+    log_file,
+    output,
+    snakemake,
+    write_config,
+)
 
 pytestmark = pytest.mark.workflow
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
@@ -60,12 +70,24 @@ def test_a_crossval_config_plans_one_set_of_jobs_per_fold(tmp_path: Path) -> Non
     assert jobs - {("crossval", "")} <= everything and ("train", "unet") in everything
 
 
-def test_the_crossval_target_without_folds_says_what_to_add(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_the_crossval_target_without_folds_says_what_to_add(tmp_path: Path, dry_run: bool) -> None:
+    """One line naming the crossval section, before any job runs: no traceback, no lock left."""
+    configfile = write_config(tmp_path, "c.yaml", TINY)
     proc = snakemake(
-        tmp_path, "crossval", "-n", "--configfile", write_config(tmp_path, "c.yaml", TINY), check=False
+        tmp_path, "crossval", *(["-n"] if dry_run else []), "--configfile", configfile, check=False
     )
     assert proc.returncode != 0
-    assert "the crossval target needs folds: add a crossval section" in proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    errors = [line for line in text.splitlines() if "error" in line.lower() or "exception" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("cinderseg: error: "), text[-3000:]
+    assert errors[0].endswith(
+        "c.yaml: the crossval target needs folds: add a crossval section with spatial_folds or "
+        "leave_one_region_out to the config (see docs/configuration.md, crossval)"
+    )
+    assert "Traceback" not in text and "InputFunctionException" not in text
+    assert not (tmp_path / "results").exists()
+    assert not list((tmp_path / ".snakemake" / "locks").glob("*")), "the directory is not left locked"
 
 
 def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -> None:
@@ -79,13 +101,12 @@ def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -
         "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 2},
     }
     snakemake(tmp_path, "crossval", "--configfile", write_config(tmp_path, "cv.yaml", cfg))
-    results = tmp_path / "results"
     blocks = block_grid(320, 448, 1, 2)
     n_labels = None
     n_true = {"network": 0, "baseline": 0}
     for i, block in enumerate(blocks, start=1):
         fold = f"field-b{i}"
-        data = json.loads((results / "metrics" / "crossval" / f"{fold}.json").read_text())
+        data = json.loads(output(tmp_path, paths.FOLD_METRICS, fold=fold).read_text())
         assert data["fold"]["name"] == fold and data["role"] == "held_out"
         area = data["area"]
         assert (area["row_off"], area["col_off"], area["height"], area["width"]) == (
@@ -98,23 +119,25 @@ def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -
         n_labels = data["n_labels"]
         n_true["network"] += data["objects"]["n_true"]
         n_true["baseline"] += data["baseline"]["objects"]["n_true"]
-        manifest = read_manifest(results / "crossval" / "tiles" / f"{fold}.csv")
+        manifest = read_manifest(output(tmp_path, paths.FOLD_MANIFEST, fold=fold))
         assert set(manifest["split"]) == {"train", "val"}
         for c0, size in manifest[["col_off", "size"]].to_numpy():
             gap_cols = max(block.col_off - (c0 + size), c0 - (block.col_off + block.width))
             assert gap_cols >= 10, "training tiles keep gap_m = 300 m = 10 px from the held-out block"
-        models = results / "crossval" / "models" / fold
-        card = json.loads((models / "model_card.json").read_text())
-        assert card["training_regions"] == ["field"] and (models / "history.csv").is_file()
+        card = json.loads(
+            output(tmp_path, paths.FOLD_MODEL_FILE, fold=fold, file="model_card.json").read_text()
+        )
+        history = output(tmp_path, paths.FOLD_MODEL_FILE, fold=fold, file="history.csv")
+        assert card["training_regions"] == ["field"] and history.is_file()
         assert card["fold"] == data["fold"], "the card says which block its model never saw"
-        assert (results / "crossval" / "cones" / f"{fold}.gpkg").is_file()
-        assert (results / "crossval" / "figures" / fold / "errors.png").stat().st_size > 10_000
-        assert (results / "logs" / "crossval_evaluate" / f"{fold}.log").is_file()
-        assert (results / "benchmarks" / "crossval_train" / f"{fold}.tsv").is_file()
+        assert output(tmp_path, paths.FOLD_CONES, fold=fold).is_file()
+        assert output(tmp_path, paths.FOLD_FIGURE, fold=fold, figure="errors").stat().st_size > 10_000
+        assert log_file(tmp_path, "crossval_evaluate", fold).is_file()
+        assert benchmark_file(tmp_path, "crossval_train", fold).is_file()
     # the two blocks partition the region: each true cone is scored in exactly one fold
     assert n_true == {"network": n_labels, "baseline": n_labels} and n_labels > 0
 
-    folds = pd.read_csv(results / "metrics" / "crossval_folds.csv")
+    folds = pd.read_csv(tmp_path / paths.CROSSVAL_FOLDS)
     assert list(zip(folds["fold"], folds["method"], strict=True)) == [
         ("field-b1", "network"),
         ("field-b1", "baseline"),
@@ -122,7 +145,7 @@ def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -
         ("field-b2", "baseline"),
     ]
     assert set(folds["kind"]) == {"spatial"} and set(folds["training_regions"]) == {"field"}
-    summary = pd.read_csv(results / "metrics" / "crossval_summary.csv")
+    summary = pd.read_csv(tmp_path / paths.CROSSVAL_SUMMARY)
     assert list(summary["held_out_region"]) == ["field", "all"] and list(summary["n_folds"]) == [2, 2]
     for column in ("network_object_f1_mean", "baseline_object_f1_mean", "network_minus_baseline_object_f1"):
         assert summary[column].map(math.isfinite).all(), column
@@ -130,4 +153,12 @@ def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -
     assert row["network_minus_baseline_object_f1"] == pytest.approx(
         row["network_object_f1_mean"] - row["baseline_object_f1_mean"], abs=2e-4
     )
-    assert not (results / "models").exists(), "the crossval target trains no main model"
+    assert not (tmp_path / paths.MODEL_DIR).parent.exists(), "the crossval target trains no main model"
+
+    # The report shows each fold's training curves, with their caption.
+    snakemake(tmp_path, "crossval", "--configfile", "cv.yaml", "--report", paths.REPORT)
+    html = (tmp_path / paths.REPORT).read_text(errors="replace")
+    for i in range(1, len(blocks) + 1):
+        assert f"field-b{i}" in html
+    assert html.count("training_curves.png") >= len(blocks)
+    assert "trained without the fold" in html and "held-out area" in html

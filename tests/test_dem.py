@@ -1,4 +1,4 @@
-"""Tests of cinderseg.dem: mosaic, reprojection, clipping, nodata and void filling, errors."""
+"""Tests of cinderseg.terrain.dem: mosaic, reprojection, clipping, nodata and void filling, errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
-from cinderseg.dem import dem_summary, fill_small_voids, prepare_dem, target_grid
-from cinderseg.errors import InputError
-from cinderseg.raster import NODATA_FLOAT
+from cinderseg.core.errors import InputError
+from cinderseg.core.raster import NODATA_FLOAT
+from cinderseg.terrain.dem import dem_summary, fill_small_voids, prepare_dem, target_grid
 
 UTM = "EPSG:32605"
 X0, Y0 = 201_000.0, 2_199_900.0  # upper-left corner of the projected test DEMs (multiples of 300 m)
@@ -505,7 +505,7 @@ def test_error_resolution(tmp_path: Path, res: float) -> None:
 @pytest.mark.parametrize(
     ("crs", "text"),
     [
-        ("EPSG:4326", "crs EPSG:4326 is not projected in metres"),
+        ("EPSG:4326", "CRS EPSG:4326 is not projected in metres (geographic)"),
         ("EPSG:2227", "not projected in metres"),  # California zone 3, US survey feet
         ("EPSG:99999999", "not a valid CRS"),
         ("nonsense", "not a valid CRS"),

@@ -8,6 +8,7 @@ scripted faults: 404, 500, a dropped connection, a stalled transfer, an HTML pag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -19,10 +20,11 @@ import pytest
 import rasterio
 from rasterio.warp import transform as warp_transform
 
-from cinderseg.config import load_config, load_schema, validate_config
-from cinderseg.download import (
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import NODATA_FLOAT
+from cinderseg.terrain.download import (
     DownloadSettings,
-    download_file,
+    checksum_path,
     download_tile,
     parse_tile,
     product,
@@ -32,10 +34,9 @@ from cinderseg.download import (
     tile_paths,
     tiles_for_bbox,
     tnm_query_url,
-    url_allowed,
 )
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.raster import NODATA_FLOAT
+from cinderseg.terrain.fetch import download_file, url_allowed
+from cinderseg.workflow.config import load_config, load_schema, validate_config
 from tests.usgs_server import (
     DATASET,
     NODATA_3DEP,
@@ -362,6 +363,65 @@ def test_a_file_of_another_place_is_rejected(
     with pytest.raises(InputError, match=r"tile n20w156: .* covers lon -155\.012\.\.-153\.988"):
         download_tile("n20w156", "1/3", tmp_path / "t.tif", settings(method="staged"))
     assert not (tmp_path / "t.tif").exists()
+
+
+def test_a_503_with_retry_after_waits_as_the_server_asks(
+    server: ServerState, settings: Callable[..., DownloadSettings], tmp_path: Path
+) -> None:
+    server.faults[tile_path("n20w156")] = ["retry-after:1"]
+    dest = tmp_path / "t.tif"
+    started = time.monotonic()
+    download_tile("n20w156", "1/3", dest, settings(method="staged", backoff_s=0.01))
+    assert time.monotonic() - started >= 1.0  # Retry-After wins over backoff_s
+    assert len(server.gets(tile_path("n20w156"))) == 2
+    assert dest.read_bytes() == served_bytes(server, "n20w156")
+
+
+def test_a_transfer_whose_md5_differs_from_the_etag_is_downloaded_again(
+    server: ServerState, settings: Callable[..., DownloadSettings], tmp_path: Path
+) -> None:
+    server.faults[tile_path("n20w156")] = ["badmd5"]
+    dest = tmp_path / "t.tif"
+    download_tile("n20w156", "1/3", dest, settings(method="staged"))
+    assert server.gets(tile_path("n20w156")) == [None, None]  # the corrupt file was not resumed
+    assert dest.read_bytes() == served_bytes(server, "n20w156") and leftovers(tmp_path) == []
+
+    server.faults[tile_path("n20w156")] = ["badmd5"] * 3
+    with pytest.raises(InputError, match=r"failed after 2 attempts \(MD5 differs from the server's"):
+        download_tile("n20w156", "1/3", tmp_path / "u.tif", settings(method="staged", retries=1))
+    assert not (tmp_path / "u.tif").exists() and leftovers(tmp_path) == []
+
+
+def test_the_sha256_of_a_tile_is_recorded_and_a_corrupt_cached_tile_is_downloaded_again(
+    server: ServerState, settings: Callable[..., DownloadSettings], tmp_path: Path
+) -> None:
+    data = served_bytes(server, "n20w156")
+    dest = tmp_path / "USGS_13_n20w156.tif"
+    download_tile("n20w156", "1/3", dest, settings(method="staged"))
+    sidecar = checksum_path(dest)
+    assert sidecar.name == "USGS_13_n20w156.tif.sha256"
+    assert sidecar.read_text() == f"{hashlib.sha256(data).hexdigest()}  USGS_13_n20w156.tif\n"
+
+    dest.write_bytes(data[: len(data) // 2])  # truncated in the cache
+    download_tile("n20w156", "1/3", dest, settings(method="staged"))
+    assert server.gets(tile_path("n20w156")) == [None, None]
+    assert dest.read_bytes() == data and sidecar.read_text().startswith(hashlib.sha256(data).hexdigest())
+
+
+def test_a_cached_tile_without_checksum_is_checked_once_and_recorded(
+    server: ServerState, settings: Callable[..., DownloadSettings], tmp_path: Path
+) -> None:
+    data = served_bytes(server, "n20w156")
+    dest = tmp_path / "USGS_13_n20w156.tif"
+    dest.write_bytes(data)  # a tile cached before checksums were recorded, or copied in
+    download_tile("n20w156", "1/3", dest, settings(method="staged"))
+    assert server.requests == []
+    assert checksum_path(dest).read_text().split()[0] == hashlib.sha256(data).hexdigest()
+
+    checksum_path(dest).unlink()
+    dest.write_bytes(b"<html>not a tile</html>")
+    download_tile("n20w156", "1/3", dest, settings(method="staged"))
+    assert server.gets(tile_path("n20w156")) == [None] and dest.read_bytes() == data
 
 
 def test_urls_outside_the_configured_bases_are_refused(

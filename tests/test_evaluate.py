@@ -1,4 +1,5 @@
-"""Tests of cinderseg.evaluate: pixel metrics, one-to-one cone matching, object metrics, region JSON."""
+"""Tests of the evaluate step (cinderseg.assess: settings, pixels, matching, evaluate): pixel metrics,
+one-to-one cone matching, object metrics, region JSON."""
 
 from __future__ import annotations
 
@@ -18,23 +19,20 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import Point, box
 
-from cinderseg.config import validate_config
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.evaluate import (
-    EvaluateSettings,
+from cinderseg.assess.evaluate import (
     evaluate_objects,
     evaluate_region,
-    match_by_iou,
-    match_cones,
-    object_metrics,
-    pixel_metrics,
-    pixel_metrics_from_polygons,
     read_cones,
     summarize_metrics,
     valid_at,
     write_json,
 )
-from cinderseg.raster import MASK_NODATA, NODATA_FLOAT
+from cinderseg.assess.matching import match_by_iou, match_cones, object_metrics
+from cinderseg.assess.pixels import pixel_metrics, pixel_metrics_from_polygons
+from cinderseg.assess.settings import EvaluateSettings
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import MASK_NODATA, NODATA_FLOAT
+from cinderseg.workflow.config import validate_config
 
 UTM = "EPSG:32605"
 X0, Y0 = 200_000.0, 2_200_000.0  # upper-left corner of the test rasters
@@ -112,7 +110,7 @@ def test_settings_defaults_match_schema() -> None:
         ({"diameter_classes_m": []}, "evaluate.diameter_classes_m:"),
         ({"min_diameter_m": "big"}, "evaluate.min_diameter_m:"),
         ({"block_px": 10}, "evaluate.block_px:"),
-        ({"colour": 1}, "evaluate.colour:"),
+        ({"colour": 1}, "evaluate: unknown key 'colour'"),
     ],
 )
 def test_settings_errors_are_one_line(values: dict, key: str) -> None:

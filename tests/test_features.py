@@ -1,4 +1,4 @@
-"""Tests of cinderseg.features: channel definitions, block consistency (no seams), nodata, errors."""
+"""Tests of cinderseg.terrain.features: channel definitions, block consistency (no seams), nodata, errors."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import yaml
 from rasterio.transform import Affine
 from skimage.exposure import equalize_adapthist
 
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.features import (
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import NODATA_FLOAT
+from cinderseg.terrain.clahe import clahe
+from cinderseg.terrain.features import (
     CHANNELS,
     CURVATURE_SCALE_PER_M,
     FeatureSettings,
     channel_halo_px,
-    clahe,
     compute_features,
 )
-from cinderseg.raster import NODATA_FLOAT
 
 REPO = Path(__file__).resolve().parent.parent
 UTM = "EPSG:32605"
@@ -108,7 +108,7 @@ def test_settings_match_schema_defaults() -> None:
         ({"clahe_clip_limit": 0}, "features.clahe_clip_limit"),
         ({"local_relief_radius_m": -5}, "features.local_relief_radius_m"),
         ({"hillshade_altitude_deg": 95}, "features.hillshade_altitude_deg"),
-        ({"colour": "red"}, "features.colour"),
+        ({"colour": "red"}, "features: unknown key 'colour'"),
     ],
 )
 def test_settings_errors_name_the_key(config: dict, key: str) -> None:

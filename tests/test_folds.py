@@ -1,4 +1,5 @@
-"""Tests of cinderseg.folds: block grids, leak-free fold tiles, points in blocks, config errors, tables."""
+"""Tests of cinderseg.data.folds: block grids, leak-free fold tiles, points in blocks, config errors,
+tables (cinderseg.assess.crossval)."""
 
 from __future__ import annotations
 
@@ -14,21 +15,20 @@ import pytest
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from cinderseg.config import validate_config
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.folds import (
-    FOLD_COLUMNS,
+from cinderseg.assess.crossval import FOLD_COLUMNS, crossval_tables
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.grid import points_in_block
+from cinderseg.data.folds import (
     Fold,
     block_grid,
-    crossval_tables,
     cut_fold_tiles,
     fold_tile_splits,
     folds_from_config,
     gap_pixels,
     held_out_block,
-    points_in_block,
 )
-from cinderseg.tiles import TilingSettings, read_manifest, tile_windows
+from cinderseg.data.tiles import TilingSettings, read_manifest, tile_windows
+from cinderseg.workflow.config import validate_config
 from tests.test_tiles import RES, SMALL, write_pair
 
 LABELLED = {"source": "synthetic", "labels": "synthetic"}

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import cinderseg.config as config_module
-from cinderseg.config import MODEL_CARD, check_input_files, model_path, validate_config
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.train import TrainSettings, initialise_from, train_model
+import cinderseg.core.modelcard as modelcard_module
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.modelcard import MODEL_CARD, model_path
+from cinderseg.nn.settings import TrainingRun, TrainSettings
+from cinderseg.nn.train import TrainOutputs, initialise_from, train_model
+from cinderseg.workflow.config import check_input_files, validate_config
 from tests.test_train import TINY_MODEL, cone_tiles, write_tiles
 
 CHANNELS = ("elevation", "sobel", "clahe")
@@ -32,13 +34,17 @@ def _train(data: dict[str, Any], out: Path, **train: Any) -> dict[str, Any]:
     return train_model(
         data["tiles"],
         data["manifests"],
-        model_path=out / "model.keras",
-        history_path=out / "history.csv",
-        curves_path=out / "curves.png",
-        card_path=out / MODEL_CARD,
-        model_config=TINY_MODEL,
-        train_config={"epochs": 1, "batch_size": 8, "calibrate": False, **train},
-        regions=data["regions"],
+        TrainOutputs(
+            model=out / "model.keras",
+            history=out / "history.csv",
+            curves=out / "curves.png",
+            card=out / MODEL_CARD,
+        ),
+        TrainingRun.from_config(
+            TINY_MODEL,
+            {"epochs": 1, "batch_size": 8, "calibrate": False, **train},
+            regions=data["regions"],
+        ),
     )
 
 
@@ -53,7 +59,8 @@ def first(volcano: dict[str, Any]) -> Path:
 def test_training_starts_from_the_initial_models_weights(
     volcano: dict[str, Any], first: Path, tmp_path: Path
 ) -> None:
-    from cinderseg.model import ModelSettings, build_unet, load_model
+    from cinderseg.nn.model import build_unet, load_model
+    from cinderseg.nn.settings import ModelSettings
 
     fresh = build_unet(ModelSettings.from_config(TINY_MODEL), tile_size=32, n_channels=3)
     before = [w.copy() for w in fresh.get_weights()]
@@ -67,10 +74,12 @@ def test_training_starts_from_the_initial_models_weights(
     assert card["initial_model"]["path"] == str(first)
     assert card["initial_model"]["training_regions"] == ["volcano"]
     assert card["settings"]["train"]["initial_model"] == str(first)
+    assert card["encoder_start"] == f"initial model {first} (train.initial_model)"
 
 
 def test_an_initial_model_of_other_channels_or_architecture_is_refused(first: Path) -> None:
-    from cinderseg.model import ModelSettings, build_unet
+    from cinderseg.nn.model import build_unet
+    from cinderseg.nn.settings import ModelSettings
 
     same = build_unet(ModelSettings.from_config(TINY_MODEL), tile_size=32, n_channels=3)
     with pytest.raises(InputError, match=r"train.initial_model: .* channels \[elevation, sobel, clahe\]"):
@@ -91,7 +100,7 @@ def test_initial_model_must_be_a_string() -> None:
 def test_pretrained_names_the_shipped_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert model_path("results/models/unet/model.keras") == Path("results/models/unet/model.keras")
     shipped = tmp_path / "pretrained" / "model.keras"
-    monkeypatch.setattr(config_module, "PRETRAINED_MODEL", shipped)
+    monkeypatch.setattr(modelcard_module, "PRETRAINED_MODEL", shipped)
     missing = r"predict\.model: the shipped pretrained model is missing .*make pretrained"
     with pytest.raises(ConfigError, match=missing):
         model_path("pretrained", key="predict.model")
@@ -105,7 +114,7 @@ def test_pretrained_names_the_shipped_model(tmp_path: Path, monkeypatch: pytest.
 def test_config_keys_naming_a_missing_model_fail_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_module, "PRETRAINED_MODEL", tmp_path / "nowhere" / "model.keras")
+    monkeypatch.setattr(modelcard_module, "PRETRAINED_MODEL", tmp_path / "nowhere" / "model.keras")
     regions = {"r": {"source": "synthetic", "role": "train", "labels": "synthetic", "resolution_m": 30}}
     for section, key in (("predict", "model"), ("train", "initial_model")):
         cfg = validate_config({"regions": regions, section: {key: "pretrained"}}, source="c.yaml")

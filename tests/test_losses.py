@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from cinderseg.errors import ConfigError
-from cinderseg.losses import (
+from cinderseg.core.errors import ConfigError
+from cinderseg.nn.losses import (
     LOSSES,
     TverskyLoss,
     bce_loss,

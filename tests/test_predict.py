@@ -11,8 +11,12 @@ where it belongs and that the blending is a weighted average of identical values
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,20 +35,19 @@ import rasterio
 import yaml
 from rasterio.transform import from_origin
 
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.model import ModelSettings, build_unet
-from cinderseg.predict import (
-    Predictor,
-    PredictSettings,
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
+from cinderseg.nn.model import build_unet
+from cinderseg.nn.predict import Predictor, load_predictor, predict_probability
+from cinderseg.nn.runtime import without_start_up_noise
+from cinderseg.nn.settings import ModelSettings, PredictSettings
+from cinderseg.nn.windows import (
     axis_profiles,
     axis_windows,
-    load_predictor,
     overview_factors,
-    predict_probability,
     predict_windows,
     weight_profile,
 )
-from cinderseg.raster import NODATA_FLOAT, geotiff_profile
 
 REPO = Path(__file__).resolve().parent.parent
 CHANNELS = ["local_relief", "slope", "hillshade"]
@@ -206,13 +209,17 @@ def test_settings_defaults_follow_the_schema() -> None:
     [({"window_px": 100}, "window_px"), ({"window_px": 32}, "window_px"),
      ({"overlap_px": 1024}, "overlap_px"), ({"overlap_px": -1}, "overlap_px"), ({"crop_px": 64}, "crop_px"),
      ({"overlap_px": 0}, "crop_px"),
-     ({"tta": "rot"}, "tta"), ({"batch_size": 0}, "batch_size"), ({"window": 1}, "window"),
-     ({"window_px": True}, "window_px")],
+     ({"tta": "rot"}, "tta"), ({"batch_size": 0}, "batch_size"), ({"window_px": True}, "window_px")],
 )  # fmt: skip
 def test_bad_settings_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^predict\.{key}: ") as err:
         PredictSettings.from_config(section)
     assert "\n" not in str(err.value)
+
+
+def test_an_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^predict: unknown key 'window' \(allowed: .*window_px"):
+        PredictSettings.from_config({"window": 1})
 
 
 # --------------------------------------------------------------------------- windows and weights
@@ -296,7 +303,7 @@ def test_networks_that_cannot_be_reshaped_use_full_windows_at_the_edges(
     def refuse(*args: object) -> None:
         raise ValueError("not reshapable")
 
-    monkeypatch.setattr("cinderseg.predict.reshape_model", refuse)
+    monkeypatch.setattr("cinderseg.nn.predict.reshape_model", refuse)
     path, model = local_model
     x = write_features(tmp_path / "f.tif", 233, 301)
     settings = PredictSettings(window_px=96, overlap_px=32, crop_px=RF)
@@ -425,15 +432,18 @@ def test_a_large_window_over_a_large_raster(local_model: tuple[Path, keras.Model
 # --------------------------------------------------------------------------- the GeoTIFF
 
 
-def test_output_is_georeferenced_like_the_features(const_model: Path, tmp_path: Path) -> None:
+def test_output_is_georeferenced_like_the_features(
+    const_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     box = (slice(0, 40), slice(100, 180))
     write_features(tmp_path / "f.tif", 300, 420, nodata_box=box)
-    calls: list[tuple[int, int]] = []
     out = tmp_path / "p.tif"
-    stats = predict_probability(
-        tmp_path / "f.tif", const_model, out, PredictSettings(window_px=128, overlap_px=32, crop_px=8),
-        region="r1", progress=lambda done, total: calls.append((done, total)),
-    )  # fmt: skip
+    monkeypatch.setattr("cinderseg.core.progress._on_terminal", lambda: False)  # progress as log lines
+    with caplog.at_level(logging.INFO, logger="cinderseg"):
+        stats = predict_probability(
+            tmp_path / "f.tif", const_model, out, PredictSettings(window_px=128, overlap_px=32, crop_px=8),
+            region="r1",
+        )  # fmt: skip
     with rasterio.open(tmp_path / "f.tif") as f, rasterio.open(out) as p:
         assert (p.crs, p.transform, p.shape) == (f.crs, f.transform, f.shape)
         assert p.count == 1 and p.dtypes[0] == "float32" and p.nodata == NODATA_FLOAT
@@ -450,7 +460,9 @@ def test_output_is_georeferenced_like_the_features(const_model: Path, tmp_path: 
     rest[box] = False
     np.testing.assert_allclose(data[rest], 0.3, atol=1e-6)
     assert np.all(np.isclose(overview, 0.3, atol=1e-6) | (overview == NODATA_FLOAT))
-    assert calls[-1] == (stats["windows"], stats["windows"]) and len(calls) == stats["windows"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "cinderseg.notice"]
+    n = stats["windows"]
+    assert progress and progress[-1].startswith(f"predict r1: {n}/{n} windows (100%)"), progress
     assert stats["valid_pixels"] == 300 * 420 - 40 * 80
     assert stats["km2"] == pytest.approx(300 * 420 * 900 / 1e6)
     assert stats["seconds"] > 0 and stats["tiles_per_s"] > 0 and stats["region"] == "r1"
@@ -572,3 +584,60 @@ def test_the_cards_temperature_calibrates_the_map(const_model: Path, tmp_path: P
     (folder / "model_card.json").write_text(json.dumps({**card, "temperature": -1}))
     with pytest.raises(InputError, match="temperature must be a number > 0"):
         load_predictor(path, 64)
+
+
+# --------------------------------------------------------------------------- a quiet start
+
+QUIET_CHILD = """
+import sys
+from cinderseg.core.step import run_step
+from cinderseg.nn.predict import predict_probability
+
+features, model, out, log = sys.argv[1:]
+run_step(log, predict_probability, features, model, out, region="r1")
+"""
+START_UP_NOISE = (
+    "cuInit",
+    "cudart_stub",
+    "Could not find cuda",
+    "oneDNN",
+    "absl::InitializeLog",
+    "cpu_feature",
+)
+
+
+def test_start_up_noise_is_dropped_and_errors_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    kept = "E0000 00:00:1796429784.1   19754 other.cc:1] a real error\nTraceback (most recent call last):\n"
+    cuinit = (
+        "E0000 00:00:1796429784.734386   19754 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "
+        "error: Failed call to cuInit: UNKNOWN ERROR (303)\n"
+    )
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796429781.681593   19754 port.cc:153] oneDNN custom operations are on.\n"
+        "I0000 00:00:1796429781.681935   19754 cudart_stub.cc:31] Could not find cuda drivers\n"
+        "W0000 00:00:1796429781.7   19754 some.cc:2] a warning\n" + cuinit + kept
+    )
+    assert without_start_up_noise(text, driver=False) == kept
+    assert without_start_up_noise(text, driver=True) == cuinit + kept  # a driver that fails: shown
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # asked for everything
+    assert without_start_up_noise(text, driver=False) == text
+
+
+def test_the_predict_step_starts_tensorflow_quietly(const_model: Path, tmp_path: Path) -> None:
+    """The predict step as its script runs it, in a fresh process: no CUDA errors or start-up lines on
+    stderr; the log names the device in one line and shows the progress."""
+    write_features(tmp_path / "f.tif", 100, 120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    env["PYTHONPATH"] = str(REPO)
+    args = [str(p) for p in (tmp_path / "f.tif", const_model, tmp_path / "p.tif", tmp_path / "predict.log")]
+    proc = subprocess.run(
+        [sys.executable, "-c", QUIET_CHILD, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [noise for noise in START_UP_NOISE if noise in proc.stderr], proc.stderr
+    assert not re.search(r"^[IWE]\d{4} ", proc.stderr, re.MULTILINE), proc.stderr
+    log = (tmp_path / "predict.log").read_text()
+    assert len(re.findall(r"TensorFlow: (CPU, 1 thread|\d+ GPUs? \(.*\), mixed precision)", log)) == 1, log
+    assert "predict r1: 1/1 windows (100%)" in log

@@ -11,9 +11,11 @@ import geopandas as gpd
 import pytest
 import yaml
 
-from cinderseg.config import MODEL_CARD, PRETRAINED_MODEL, load_config
-from cinderseg.evaluate import EvaluateSettings, match_cones, object_metrics
-from cinderseg.synthetic import SyntheticParams, write_synthetic_region
+from cinderseg.assess.matching import match_cones, object_metrics
+from cinderseg.assess.settings import EvaluateSettings
+from cinderseg.core.modelcard import MODEL_CARD, PRETRAINED_MODEL
+from cinderseg.terrain.synthetic import SyntheticParams, write_synthetic_region
+from cinderseg.workflow.config import load_config
 from tests.workflow_helpers import REPO
 
 CARD = json.loads(PRETRAINED_MODEL.with_name(MODEL_CARD).read_text())
@@ -22,6 +24,9 @@ PRETRAIN_CONFIG = REPO / "config" / "synthetic_pretrain.yaml"
 
 def test_the_shipped_model_is_small_and_made_by_the_pretrain_config() -> None:
     assert PRETRAINED_MODEL.stat().st_size < 5 * 1024 * 1024, "a few MB"
+    assert CARD["encoder"] == "unet_small" and CARD["initial_model"] is None
+    assert CARD["encoder_start"] == "random initialisation (unet_small has no pretrained weights)"
+    assert CARD["settings"]["model"]["encoder_weights"] == "none", "unet_small has no encoder weights"
     cfg = load_config(PRETRAIN_CONFIG)
     assert CARD["training_regions"] == list(cfg["regions"])
     assert all(r["source"] == "synthetic" for r in cfg["regions"].values()), "synthetic terrain only"

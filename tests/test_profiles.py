@@ -54,7 +54,7 @@ def test_default_profile_is_the_workstation_one() -> None:
 
 def test_the_slurm_plugin_is_pinned_and_fits_the_installed_snakemake() -> None:
     pins = dict(
-        line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line
+        line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line
     )
     for dist in ("snakemake-executor-plugin-slurm", "snakemake-executor-plugin-slurm-jobstep"):
         assert version(dist) == pins[dist], dist

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cinderseg.config import load_yaml
-from cinderseg.download import url_allowed
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.tiles import load_tiles
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.data.tiles import load_tiles
+from cinderseg.terrain.fetch import url_allowed
+from cinderseg.workflow import paths
+from cinderseg.workflow.config import load_yaml
 from tests.workflow_helpers import REPO, snakemake, write_config
 
 SOURCES = [
@@ -28,10 +29,14 @@ SOURCES = [
 ]
 PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 UNSAFE_YAML = {"load", "unsafe_load", "full_load", "load_all", "unsafe_load_all", "full_load_all"}
-#: The modules that open network connections: the 3DEP downloader (under the configured base URLs),
-#: and the model, whose keras.applications encoders fetch ImageNet weights over https only when
+#: The modules that open network connections, and the network packages each may import: the 3DEP
+#: downloader's HTTP layer (requests and urllib3, only under the configured base URLs), and the
+#: encoders, whose keras.applications models fetch ImageNet weights over https only when
 #: model.encoder_weights asks for them (it sets a socket timeout for that).
-NETWORK_MODULES = {"cinderseg/download.py": "urllib.request", "cinderseg/model.py": "socket"}
+NETWORK_MODULES = {
+    "cinderseg/terrain/fetch.py": {"requests", "urllib3"},
+    "cinderseg/nn/encoders.py": {"socket"},
+}
 
 
 def smk_python(text: str) -> str:
@@ -116,11 +121,11 @@ def yaml_findings(rel: str, tree: ast.Module) -> list[str]:
 
 
 def keras_findings(rel: str, tree: ast.Module) -> list[str]:
-    """Keras loads without ``safe_mode=True`` (cinderseg.model.load_model is the safe wrapper)."""
+    """Keras loads without ``safe_mode=True`` (cinderseg.nn.model.load_model is the safe wrapper)."""
     wrapper = {
         a.asname or a.name
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module == "cinderseg.model"
+        if isinstance(node, ast.ImportFrom) and node.module == "cinderseg.nn.model"
         for a in node.names
         if a.name == "load_model"
     }
@@ -158,9 +163,7 @@ def network_and_eval_findings(rel: str, tree: ast.Module) -> list[str]:
                 "urllib.request",
                 "http.client",
             }
-            allowed = NETWORK_MODULES.get(rel) == module or (
-                rel == "cinderseg/download.py" and module.startswith(("urllib", "http"))
-            )
+            allowed = module.split(".")[0] in NETWORK_MODULES.get(rel, set())
             if network and not allowed:
                 found.append(f"{rel}: imports {module}")
         if isinstance(node, ast.Call) and dotted(node.func) in {"eval", "exec", "compile", "__import__"}:
@@ -178,7 +181,12 @@ AUDITS = {
 
 def test_the_audit_reads_every_source() -> None:
     names = {rel for rel, _ in python_sources()}
-    assert {"cinderseg/tiles.py", "cinderseg/model.py", "scripts/train.py", "rules/common.smk"} <= names
+    assert {
+        "cinderseg/data/tiles.py",
+        "cinderseg/nn/model.py",
+        "scripts/train.py",
+        "rules/common.smk",
+    } <= names
 
 
 @pytest.mark.parametrize("audit", list(AUDITS))
@@ -187,7 +195,7 @@ def test_the_sources_pass_the_audit(audit: str) -> None:
 
 
 def test_the_library_loads_keras_models_in_safe_mode() -> None:
-    tree = dict(python_sources())["cinderseg/model.py"]
+    tree = dict(python_sources())["cinderseg/nn/model.py"]
     calls = [
         n for n in ast.walk(tree) if isinstance(n, ast.Call) and dotted(n.func) == "keras.saving.load_model"
     ]
@@ -241,7 +249,7 @@ def test_a_tiles_file_holding_a_pickle_is_refused(tmp_path: Path) -> None:
 def test_a_keras_model_with_code_in_it_is_refused(tmp_path: Path) -> None:
     import keras
 
-    from cinderseg.model import load_model
+    from cinderseg.nn.model import load_model
 
     inputs = keras.Input((32, 32, 1))
     model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(inputs))
@@ -294,11 +302,12 @@ def test_every_file_the_workflow_writes_is_under_results_or_resources(tmp_path: 
     proc = snakemake(
         tmp_path, "--dry-run", "--configfile", write_config(tmp_path, "c.yaml", {**tiny, "regions": regions})
     )
-    paths = []
+    written = []
     for line in (proc.stdout + proc.stderr).splitlines():
         match = re.match(r"^\s+(output|log|benchmark): (.+)$", line)
         if match:
-            paths += [p.strip() for p in match.group(2).split(",")]
-    assert len(paths) > 30 and "resources/dem/tiles/USGS_13_n20w156.tif" in paths
-    outside = [p for p in paths if not re.match(r"^(results|resources)/[\w./-]+$", p) or ".." in p.split("/")]
-    assert outside == []
+            written += [p.strip() for p in match.group(2).split(",")]
+    assert len(written) > 30 and paths.DEM_TILE.format(product="13", tile="n20w156") in written
+    inside = re.compile(rf"^({paths.RESULTS}|{paths.RESOURCES})/[\w./-]+$")
+    outside = [p for p in written if not inside.match(p) or ".." in p.split("/")]
+    assert outside == [] and (paths.RESULTS, paths.RESOURCES) == ("results", "resources")

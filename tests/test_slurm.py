@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 import rasterio
 
+from cinderseg.workflow import paths
 from tests import slurm_cluster as cluster_lib
-from tests.workflow_helpers import REPO, snakemake_command, write_config
+from tests.workflow_helpers import REPO, log_file, output, snakemake_command, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
@@ -138,7 +139,7 @@ def slurm_time(minutes: int) -> str:
 
 
 def requested(run: SlurmRun) -> dict[str, dict[str, str]]:
-    """Snakemake job id -> the resources Snakemake printed for it (threads included)."""
+    """Snakemake job id -> the resources Snakemake printed for it (threads and outputs included)."""
     blocks = list(RULE_BLOCK.finditer(run.output))
     result = {}
     for i, block in enumerate(blocks):
@@ -147,8 +148,10 @@ def requested(run: SlurmRun) -> dict[str, dict[str, str]]:
         job, resources = JOB_ID.search(text), re.search(r"^\s+resources: (.*)$", text, re.MULTILINE)
         if job and resources:
             threads = re.search(r"^\s+threads: (\d+)$", text, re.MULTILINE)
+            outputs = re.search(r"^\s+output: (.*)$", text, re.MULTILINE)
             result[job.group(1)] = dict(kv.split("=", 1) for kv in resources.group(1).split(", "))
             result[job.group(1)]["threads"] = threads.group(1) if threads else "1"
+            result[job.group(1)]["output"] = outputs.group(1) if outputs else ""
     return result
 
 
@@ -179,11 +182,16 @@ def test_every_job_but_the_local_ones_ran_as_a_slurm_job(
             "cpus": res["threads"],
         }, rules[job]
     assert {asked[job]["threads"] for job, _, _ in submitted if rules[job] == "train"} == {str(LOCAL_CORES)}
-    # Each job's SLURM log shows the job step that ran the rule.
+    # Snakemake saw each job finish, and each job's SLURM log shows the job step that ran exactly that
+    # job (its rule, and its outputs), finishing: inside the SLURM job, Snakemake runs that job only,
+    # as its job 0.
     for job, slurm, log in submitted:
-        text = log.read_text()
-        assert log.name == f"{slurm}.log" and f"rule_{rules[job]}" in log.parts
-        assert f"Finished jobid: 0 (Rule: {rules[job]})" in text or "Finished jobid" in text, text[-2000:]
+        rule, text = rules[job], log.read_text()
+        assert f"Finished jobid: {job} (Rule: {rule})" in slurm_tiny_run.output
+        assert log.name == f"{slurm}.log" and f"rule_{rule}" in log.parts
+        step = re.search(rf"^localrule {rule}:\n((?:    .*\n)+)", text, re.MULTILINE)
+        assert step and f"    output: {asked[job]['output']}\n" in step.group(1), text[-2000:]
+        assert f"Finished jobid: 0 (Rule: {rule})" in text, text[-2000:]
 
 
 def _same_raster(a: Path, b: Path) -> None:
@@ -204,23 +212,25 @@ def _same_vectors(a: Path, b: Path) -> None:
 
 def test_gis_outputs_are_identical_to_a_local_run(slurm_tiny_run: SlurmRun, tiny_run: Path) -> None:
     """Everything before training is deterministic: the cluster run must reproduce it exactly."""
-    here, there = tiny_run / "results", slurm_tiny_run.workdir / "results"
+    here, there = tiny_run, slurm_tiny_run.workdir
     for region in ("tiny_train", "tiny_test"):
-        for step in ("dem", "masks", "features"):
-            _same_raster(here / step / f"{region}.tif", there / step / f"{region}.tif")
-        _same_vectors(
-            here / "synthetic" / f"{region}_cones.gpkg", there / "synthetic" / f"{region}_cones.gpkg"
+        for template in (paths.DEM, paths.MASK, paths.FEATURES):
+            _same_raster(output(here, template, region=region), output(there, template, region=region))
+        for template in (paths.SYNTHETIC_CONES, paths.BASELINE):
+            _same_vectors(output(here, template, region=region), output(there, template, region=region))
+        assert (
+            output(here, paths.MANIFEST, region=region).read_bytes()
+            == output(there, paths.MANIFEST, region=region).read_bytes()
         )
-        _same_vectors(here / "baseline" / f"{region}.gpkg", there / "baseline" / f"{region}.gpkg")
-        assert (here / "tiles" / f"{region}.csv").read_bytes() == (
-            there / "tiles" / f"{region}.csv"
-        ).read_bytes()
-        with np.load(here / "tiles" / f"{region}.npz") as a, np.load(there / "tiles" / f"{region}.npz") as b:
+        with (
+            np.load(output(here, paths.TILES, region=region)) as a,
+            np.load(output(there, paths.TILES, region=region)) as b,
+        ):
             assert a.files == b.files
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key])
-        ma = json.loads((here / "metrics" / f"{region}.json").read_text())
-        mb = json.loads((there / "metrics" / f"{region}.json").read_text())
+        ma = json.loads(output(here, paths.METRICS, region=region).read_text())
+        mb = json.loads(output(there, paths.METRICS, region=region).read_text())
         assert ma["baseline"] == mb["baseline"], "the classical detector's accuracy is deterministic"
 
 
@@ -230,9 +240,11 @@ def test_model_outputs_agree_with_a_local_run(slurm_tiny_run: SlurmRun, tiny_run
     does not promise bitwise reproducibility across processes, so metrics and probabilities are
     compared to 1e-4 (a different model would differ by far more), the cones by count and outline.
     Timings (seconds, tiles/s, wall time) differ, and model.keras embeds its save time."""
-    here, there = tiny_run / "results", slurm_tiny_run.workdir / "results"
-    ca = json.loads((here / "models" / "unet" / "model_card.json").read_text())
-    cb = json.loads((there / "models" / "unet" / "model_card.json").read_text())
+    here, there = tiny_run, slurm_tiny_run.workdir
+    ca, cb = (
+        json.loads(output(d, paths.MODEL_FILE, model="unet", file="model_card.json").read_text())
+        for d in (here, there)
+    )
     for key in (
         "training_regions",
         "tiles",
@@ -243,17 +255,19 @@ def test_model_outputs_agree_with_a_local_run(slurm_tiny_run: SlurmRun, tiny_run
         "threads",
     ):
         assert ca[key] == cb[key], key
-    ha, hb = (pd.read_csv(d / "models" / "unet" / "history.csv") for d in (here, there))
+    ha, hb = (
+        pd.read_csv(output(d, paths.MODEL_FILE, model="unet", file="history.csv")) for d in (here, there)
+    )
     timing = ["seconds", "tiles_per_s"]
     pd.testing.assert_frame_equal(ha.drop(columns=timing), hb.drop(columns=timing), rtol=1e-4)
     for region in ("tiny_train", "tiny_test"):
-        a, b = here / "predictions" / f"{region}.tif", there / "predictions" / f"{region}.tif"
+        a, b = (output(d, paths.PROBABILITY, region=region) for d in (here, there))
         with rasterio.open(a) as ra, rasterio.open(b) as rb:
             assert (ra.crs, ra.transform, ra.shape) == (rb.crs, rb.transform, rb.shape)
             pa, pb = ra.read(1, masked=True), rb.read(1, masked=True)
         assert (pa.mask == pb.mask).all()
         np.testing.assert_allclose(pa.filled(0), pb.filled(0), atol=1e-4, err_msg=region)
-        cones_a, cones_b = (gpd.read_file(d / "cones" / f"{region}.gpkg") for d in (here, there))
+        cones_a, cones_b = (gpd.read_file(output(d, paths.CONES, region=region)) for d in (here, there))
         assert len(cones_a) == len(cones_b), region  # none, for the 2-epoch model on tiny_test
         if len(cones_a):
             moved = cones_a.geometry.symmetric_difference(cones_b.geometry).area.sum()
@@ -269,7 +283,7 @@ def test_a_failing_rule_fails_the_run_with_its_log_and_is_retried(
     region = {"source": "file", "dem": "dem.tif", "role": "predict", "resolution_m": 30}
     config = write_config(tmp_path, "bad.yaml", {"regions": {"vol": region}})
     run = run_on_slurm(
-        tmp_path, slurm_cluster, "--configfile", config, "--retries", "1", "results/dem/vol.tif"
+        tmp_path, slurm_cluster, "--configfile", config, "--retries", "1", paths.DEM.format(region="vol")
     )
     assert run.returncode != 0
     submitted = run.submissions()
@@ -286,8 +300,8 @@ def test_a_failing_rule_fails_the_run_with_its_log_and_is_retried(
     # The run names the rule's log and each attempt's SLURM log, and prints them (show-failed-logs):
     # the job's one-line error is in the output.
     assert "Trying to restart job" in run.output and "Error in rule dem" in run.output
-    assert "log: results/logs/dem/vol.log, " + str(submitted[-1][2]) in run.output
+    assert f"log: {paths.log('dem', 'vol')}, {submitted[-1][2]}" in run.output
     assert "cinderseg: error: DEM of region 'vol': not a readable raster: dem.tif" in run.output
-    log = (tmp_path / "results" / "logs" / "dem" / "vol.log").read_text()
+    log = log_file(tmp_path, "dem", "vol").read_text()
     assert "ERROR cinderseg: DEM of region 'vol': not a readable raster: dem.tif" in log
-    assert not (tmp_path / "results" / "dem" / "vol.tif").exists()
+    assert not output(tmp_path, paths.DEM, region="vol").exists()

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from cinderseg.config import check_input_files, check_writable, validate_config
-from cinderseg.errors import ConfigError, InputError, OutputError, write_failure
-from cinderseg.raster import atomic_write, remove_stale_temporaries
-from cinderseg.step import run_step
+from cinderseg.core.errors import ConfigError, InputError, OutputError, write_failure
+from cinderseg.core.raster import atomic_write, remove_stale_temporaries
+from cinderseg.core.step import cpu_seconds, job_cpu_seconds, run_step
+from cinderseg.workflow.config import check_input_files, check_writable, validate_config
+from tests.workflow_helpers import REPO, benchmark_file, log_file
 
 
 def dead_pid() -> int:
@@ -109,7 +111,7 @@ def test_check_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     def read_only(**kwargs: object) -> None:  # as root, permissions cannot make a folder unwritable
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr("cinderseg.config.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr("cinderseg.workflow.config.tempfile.TemporaryFile", read_only)
     with pytest.raises(ConfigError, match=r"results/: cannot write in .*results \(Read-only file system\)"):
         check_writable(["results"], base=tmp_path)
 
@@ -140,3 +142,80 @@ def test_the_weights_file_and_the_model_card_are_checked_at_start_up(tmp_path: P
         check_input_files(predict, source="c.yaml", base=tmp_path)
     (tmp_path / "m" / "model_card.json").write_text("{}")
     check_input_files(predict, source="c.yaml", base=tmp_path)
+
+
+BURN_SNAKEFILE = """
+from cinderseg.workflow import paths
+from cinderseg.workflow.benchmark import count_all_cpu_time
+
+count_all_cpu_time()
+
+
+rule burn:
+    output:
+        "results/burn/{seconds}.txt",
+    log:
+        paths.log("burn", "{seconds}"),
+    benchmark:
+        paths.benchmark("burn", "{seconds}")
+    threads: 2
+    script:
+        "burn.py"
+"""
+BURN_SCRIPT = """
+import hashlib, threading, time
+from cinderseg.core.step import run_step
+
+
+def burn(out: str, seconds: float, threads: int) -> None:
+    used = []
+
+    def work() -> None:  # hashlib releases the GIL on large buffers: the threads run in parallel
+        block, end = b"x" * (1 << 20), time.monotonic() + seconds
+        while time.monotonic() < end:
+            hashlib.sha256(block).digest()
+        used.append(time.thread_time())  # this thread's own CPU clock
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    open(out, "w").write(str(sum(used)))
+
+
+run_step(snakemake.log[0], burn, snakemake.output[0], float(snakemake.wildcards.seconds), snakemake.threads)
+"""
+
+
+@pytest.mark.workflow
+def test_the_benchmark_counts_every_cpu_second_of_a_multithreaded_job(tmp_path: Path) -> None:
+    """Snakemake samples a job's processes every 0.5 s for 15 s, then every 30 s, so the CPU time of
+    an 18-s job after its 15th second was lost. Every second of both busy threads counts now: on 2
+    free cores cpu_time is about 2 x the wall time; the threads' own CPU clocks are the reference
+    here, as other processes on a shared machine may hold a core for a while."""
+    (tmp_path / "Snakefile").write_text(BURN_SNAKEFILE)
+    (tmp_path / "burn.py").write_text(BURN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "results/burn/18.txt"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(benchmark_file(tmp_path, "burn", "18"), sep="\t")
+    cpu_time, wall = table["cpu_time"].iloc[0], table["s"].iloc[0]
+    threads_cpu = float((tmp_path / "results" / "burn" / "18.txt").read_text())
+    assert cpu_time == pytest.approx(job_cpu_seconds(log_file(tmp_path, "burn", "18")))
+    assert cpu_time >= threads_cpu > 0.9 * wall, "both threads busy for all of the job"
+    if threads_cpu >= 1.6 * wall:  # the threads had 2 cores to themselves
+        assert cpu_time >= 1.5 * wall
+
+
+def test_cpu_seconds_count_threads_and_ended_children(tmp_path: Path) -> None:
+    before = cpu_seconds()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    assert cpu_seconds() - before > 0.05
+    log = tmp_path / "step.log"
+    run_step(log, lambda: None)
+    assert job_cpu_seconds(log) == pytest.approx(cpu_seconds(), abs=0.5)
+    assert job_cpu_seconds(tmp_path / "none.log") is None

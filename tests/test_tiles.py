@@ -1,4 +1,4 @@
-"""Tests of cinderseg.tiles: windows, leak-free spatial split, npz storage, manifest, errors."""
+"""Tests of cinderseg.data.tiles: windows, leak-free spatial split, npz storage, manifest, errors."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import yaml
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.raster import MASK_NODATA, NODATA_FLOAT
-from cinderseg.tiles import (
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import MASK_NODATA, NODATA_FLOAT
+from cinderseg.data.tiles import (
     MANIFEST_COLUMNS,
     TilingSettings,
     assign_splits,
@@ -100,7 +100,7 @@ def test_settings_match_schema_defaults() -> None:
         ({"val_fraction": 1.0}, "tiling.val_fraction"),
         ({"max_nodata_fraction": 1.5}, "tiling.max_nodata_fraction"),
         ({"seed": "x"}, "tiling.seed"),
-        ({"sise": 224}, "tiling.sise"),
+        ({"sise": 224}, "tiling: unknown key 'sise'"),
     ],
 )
 def test_settings_errors_name_the_key(config: dict, key: str) -> None:
@@ -285,7 +285,7 @@ def test_region_smaller_than_a_tile(tmp_path: Path) -> None:
 
 def test_grids_differ(tmp_path: Path) -> None:
     feat, mpath, _, _ = write_pair(tmp_path, (300, 300), mask_shape=(300, 290))
-    with pytest.raises(InputError, match=r"region 'g'.*not on the same grid"):
+    with pytest.raises(InputError, match=r"mask of region 'g': .*not on the grid of the features .*features"):
         make_tiles(feat, mpath, tmp_path / "g.npz", tmp_path / "g.csv", SMALL, role="train", region="g")
 
 

@@ -1,4 +1,5 @@
-"""Tests of cinderseg.train: settings, input pipeline, callbacks, a tiny training run, resume after a kill."""
+"""Tests of cinderseg.nn.train: settings, input pipeline, callbacks, a tiny training run, resume
+after a kill."""
 
 from __future__ import annotations
 
@@ -18,27 +19,26 @@ import pandas as pd
 import pytest
 import yaml
 
-from cinderseg.augment import augment_tile, shape_draws
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.model import ModelSettings, load_model
-from cinderseg.tiles import MANIFEST_COLUMNS
-from cinderseg.train import (
-    STATE_FILE,
-    TimeBudget,
-    TrainSettings,
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.data.augment import augment_tile, shape_draws
+from cinderseg.data.tiles import MANIFEST_COLUMNS
+from cinderseg.nn.callbacks import TimeBudget, make_callbacks
+from cinderseg.nn.model import load_model
+from cinderseg.nn.pipeline import (
     augment_numpy,
     augment_pair,
-    augmentation_summary,
     data_fingerprint,
     epoch_draws,
     epoch_steps,
     eval_dataset,
-    log_augmentation,
-    make_callbacks,
-    monitor_mode,
     open_training_data,
-    plan_phases,
-    run_fingerprint,
+)
+from cinderseg.nn.settings import ModelSettings, TrainingRun, TrainSettings, monitor_mode, plan_phases
+from cinderseg.nn.state import STATE_FILE, run_fingerprint
+from cinderseg.nn.train import (
+    TrainOutputs,
+    augmentation_summary,
+    log_augmentation,
     train_dataset,
     train_model,
 )
@@ -133,10 +133,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, cone_data: dict[str, Any]
     logger.setLevel(logging.INFO)
     started = time.perf_counter()
     try:
-        card = train_model(
-            cone_data["tiles"], cone_data["manifests"], **out, regions=cone_data["regions"], tile_size=SIZE,
-            model_config=TINY_MODEL, train_config=TINY_TRAIN, threads=2,
-        )  # fmt: skip
+        run = TrainingRun.from_config(
+            TINY_MODEL, TINY_TRAIN, regions=cone_data["regions"], tile_size=SIZE, threads=2
+        )
+        card = train_model(cone_data["tiles"], cone_data["manifests"], out, run)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -158,13 +158,13 @@ class _ListHandler(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def outputs(d: Path) -> dict[str, Path]:
-    return {
-        "model_path": d / "model.keras",
-        "history_path": d / "history.csv",
-        "curves_path": d / "training_curves.png",
-        "card_path": d / "model_card.json",
-    }
+def outputs(d: Path) -> TrainOutputs:
+    return TrainOutputs(
+        model=d / "model.keras",
+        history=d / "history.csv",
+        curves=d / "training_curves.png",
+        card=d / "model_card.json",
+    )
 
 
 # --------------------------------------------------------------------------- settings and callbacks
@@ -181,7 +181,7 @@ def test_settings_defaults_follow_the_schema() -> None:
 
 @pytest.mark.parametrize(
     ("config", "key"),
-    [({"bogus": 1}, "train.bogus"), ({"batch_size": 0}, "train.batch_size"),
+    [({"bogus": 1}, "train: unknown key 'bogus'"), ({"batch_size": 0}, "train.batch_size"),
      ({"monitor": "iou"}, "train.monitor"), ({"reduce_lr_factor": 1.0}, "train.reduce_lr_factor"),
      ({"fine_tune": "some"}, "train.fine_tune"),
      ({"relief_exaggeration": [1.6, 0.4]}, "train.relief_exaggeration"),
@@ -407,8 +407,8 @@ def test_bad_training_data_is_one_clear_error(tmp_path: Path) -> None:
         open_training_data([a[0]], [tmp_path / "short.csv"])
     out = outputs(tmp_path / "model")
     with pytest.raises(InputError, match="no validation tiles"):
-        train_model([no_val[0]], [no_val[1]], **out, model_config=TINY_MODEL)
-    assert not any(p.exists() for p in out.values())
+        train_model([no_val[0]], [no_val[1]], out, TrainingRun.from_config(TINY_MODEL))
+    assert not any(p.exists() for p in (out.model, out.history, out.curves, out.card))
     assert not (tmp_path / "model.state").exists()
 
 
@@ -419,7 +419,7 @@ def test_tiny_training_learns_and_writes_its_outputs(
     tiny_run: dict[str, Any], cone_data: dict[str, Any]
 ) -> None:
     out, card, seconds = tiny_run["out"], tiny_run["card"], tiny_run["seconds"]
-    history = pd.read_csv(out["history_path"])
+    history = pd.read_csv(out.history)
     assert list(history["epoch"]) == [1, 2, 3, 4, 5]
     assert history["loss"].iloc[-1] < 0.9 * history["loss"].iloc[0], "training loss should decrease"
     assert history["val_iou"].max() > history["val_iou"].iloc[0]
@@ -428,13 +428,16 @@ def test_tiny_training_learns_and_writes_its_outputs(
     )
     assert (history["tiles_per_s"] > 0).all()
     # the model card, and the best epoch is the one with the highest val_iou (mode max)
-    saved = json.loads(out["card_path"].read_text())
+    saved = json.loads(out.card.read_text())
     assert saved == json.loads(json.dumps(card))
     best = int(history["val_iou"].idxmax())
     assert saved["best_epoch"] == best + 1 and saved["best_value"] == pytest.approx(history["val_iou"][best])
     assert saved["best_validation_metrics"]["val_iou"] == pytest.approx(history["val_iou"][best])
     assert saved["monitor"] == "val_iou" and saved["monitor_mode"] == "max" and saved["epochs_run"] == 5
     assert saved["encoder"] == "unet_small" and saved["training_regions"] == ["volcano"]
+    # what the encoder started from, truthfully: unet_small has no pretrained weights
+    assert saved["encoder_start"] == "random initialisation (unet_small has no pretrained weights)"
+    assert saved["settings"]["model"]["encoder_weights"] == "none" and saved["initial_model"] is None
     assert saved["channels"] == ["elevation", "sobel", "clahe"] and saved["tile_size"] == SIZE
     assert saved["config"]["model"] == TINY_MODEL and saved["config"]["train"] == TINY_TRAIN
     assert saved["data_fingerprint"] == data_fingerprint(
@@ -455,16 +458,13 @@ def test_tiny_training_learns_and_writes_its_outputs(
     assert calibration["best_f1"] == max(r["f1"] for r in calibration["threshold_scores"])
     assert saved["tiles"]["train_tiles"] == 48 and saved["tiles"]["val_tiles"] == 16
     assert 0 < saved["wall_time_s"] <= seconds + 1 and saved["sessions"] == 1
-    assert (
-        out["curves_path"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        and out["curves_path"].stat().st_size > 20_000
-    )
+    assert out.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.curves.stat().st_size > 20_000
     assert not (tiny_run["dir"] / "tiny.state").exists(), "the state directory is removed after success"
     assert any("saved for another config or other tiles: starting over" in line for line in tiny_run["log"])
     # the model file: the best epoch's weights, loadable, predicting probabilities of the right shape;
     # weights only (float32), no optimizer state
-    assert out["model_path"].stat().st_size < 4 * saved["parameters"] * 1.2 + 200_000
-    model = load_model(out["model_path"])
+    assert out.model.stat().st_size < 4 * saved["parameters"] * 1.2 + 200_000
+    model = load_model(out.model)
     assert not model.compiled and model.count_params() == saved["parameters"]
     x = np.asarray(
         open_training_data(cone_data["tiles"], cone_data["manifests"]).sources[0].x[48:56], np.float32
@@ -510,8 +510,10 @@ def test_frozen_phase_keeps_the_encoder_then_fine_tuning_moves_it(
 
     model = {"name": "hed", "encoder": "hed_vgg16", "encoder_weights": "none", "decoder_filters": [16] * 5}
     train = {"epochs": 2, "frozen_epochs": 1, "fine_tune": "top", "fine_tune_blocks": 1, "batch_size": 8}
-    card = train_model(cone_data["tiles"], cone_data["manifests"], **outputs(tmp_path), model_config=model,
-                       train_config=train, threads=2, extra_callbacks=[Snapshot()])  # fmt: skip
+    run = TrainingRun.from_config(model, train, threads=2)
+    card = train_model(
+        cone_data["tiles"], cone_data["manifests"], outputs(tmp_path), run, extra_callbacks=[Snapshot()]
+    )
     assert [p["name"] for p in card["phases"]] == ["frozen", "fine_tune"]
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history["phase"]) == ["frozen", "fine_tune"]
@@ -525,7 +527,8 @@ def test_frozen_phase_keeps_the_encoder_then_fine_tuning_moves_it(
 CHILD = """
 import json, sys, time
 import keras
-from cinderseg.train import train_model
+from cinderseg.nn.settings import TrainingRun
+from cinderseg.nn.train import TrainOutputs, train_model
 
 class SlowAfter(keras.callbacks.Callback):  # gives the test time to kill us after epoch 2
     def on_epoch_end(self, epoch, logs=None):
@@ -533,7 +536,8 @@ class SlowAfter(keras.callbacks.Callback):  # gives the test time to kill us aft
             time.sleep(60)
 
 args = json.loads(sys.argv[1])
-train_model(**args, extra_callbacks=[SlowAfter()])
+out, run = TrainOutputs(**args["out"]), TrainingRun.from_config(**args["run"])
+train_model(args["tiles"], args["manifests"], out, run, extra_callbacks=[SlowAfter()])
 """
 
 
@@ -542,13 +546,10 @@ def test_training_resumes_after_a_kill(
 ) -> None:
     out = outputs(tmp_path / "m")
     args = {
-        "tiles_paths": [str(p) for p in cone_data["tiles"]],
-        "manifest_paths": [str(p) for p in cone_data["manifests"]],
-        **{k: str(v) for k, v in out.items()},
-        "regions": cone_data["regions"],
-        "model_config": TINY_MODEL,
-        "train_config": TINY_TRAIN,
-        "threads": 2,
+        "tiles": [str(p) for p in cone_data["tiles"]],
+        "manifests": [str(p) for p in cone_data["manifests"]],
+        "out": {k: str(getattr(out, k)) for k in ("model", "history", "curves", "card")},
+        "run": {"model": TINY_MODEL, "train": TINY_TRAIN, "regions": cone_data["regions"], "threads": 2},
     }
     state = tmp_path / "m.state" / STATE_FILE
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -568,7 +569,7 @@ def test_training_resumes_after_a_kill(
             proc.kill()
             proc.wait()
     killed = json.loads(state.read_text())
-    assert killed["next_epoch"] == 2 and not out["model_path"].exists()
+    assert killed["next_epoch"] == 2 and not out.model.exists()
     # The state names its weights files, and they are complete on disk (files of an older epoch may
     # remain if the kill came between the state's rename and their pruning; the next run prunes them).
     assert killed["last_weights"] == "last-0002.weights.h5"
@@ -576,13 +577,14 @@ def test_training_resumes_after_a_kill(
     for name in (killed["last_weights"], killed["best"]["file"]):
         assert (state.parent / name).stat().st_size > 0
 
-    card = train_model(**args)  # the next run, as the next `snakemake` call would start it
-    history = pd.read_csv(out["history_path"])
+    # the next run, as the next `snakemake` call would start it
+    card = train_model(args["tiles"], args["manifests"], out, TrainingRun.from_config(**args["run"]))
+    history = pd.read_csv(out.history)
     assert list(history["epoch"]) == [1, 2, 3, 4, 5], "no epoch twice, none missing"
     assert list(history["session"]) == [1, 1, 2, 2, 2], "the second run trained epochs 3-5 only"
     assert card["resumed_from_epochs"] == [2] and card["sessions"] == 2 and card["epochs_run"] == 5
     # the same metrics as the uninterrupted run: same tiles, weights, optimizer and dropout states
-    uninterrupted = pd.read_csv(tiny_run["out"]["history_path"])
+    uninterrupted = pd.read_csv(tiny_run["out"].history)
     for key in ("loss", "val_loss"):
         assert history[key].tolist() == pytest.approx(uninterrupted[key].tolist(), rel=1e-4), key
     # IoU thresholds each pixel at 0.5: float rounding under another thread count (the test session's
@@ -591,30 +593,30 @@ def test_training_resumes_after_a_kill(
     for key in ("iou", "val_iou"):
         assert history[key].tolist() == pytest.approx(uninterrupted[key].tolist(), abs=2e-3), key
     assert not state.parent.exists()
-    model = load_model(out["model_path"])
+    model = load_model(out.model)
     assert model.output_shape == (None, SIZE, SIZE, 1)
 
 
 def test_a_run_interrupted_while_writing_outputs_finishes_without_training(
     tmp_path: Path, cone_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cinderseg.train as train
+    import cinderseg.nn.train as train
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("disk full")
 
     out = outputs(tmp_path / "m")
-    args = {"model_config": TINY_MODEL, "train_config": {"epochs": 1, "batch_size": 16}}
+    run = TrainingRun.from_config(TINY_MODEL, {"epochs": 1, "batch_size": 16})
     with monkeypatch.context() as m:
         m.setattr(train, "plot_training_curves", crash)
         with pytest.raises(RuntimeError, match="disk full"):
-            train_model(cone_data["tiles"], cone_data["manifests"], **out, **args)
-    assert not out["model_path"].exists()
+            train_model(cone_data["tiles"], cone_data["manifests"], out, run)
+    assert not out.model.exists()
     assert json.loads((tmp_path / "m.state" / STATE_FILE).read_text())["finished"]
-    card = train_model(cone_data["tiles"], cone_data["manifests"], **out, **args)
+    card = train_model(cone_data["tiles"], cone_data["manifests"], out, run)
     assert card["resumed_from_epochs"] == [1] and card["epochs_run"] == 1 and card["sessions"] == 2
-    assert pd.read_csv(out["history_path"])["session"].tolist() == [1]
-    assert load_model(out["model_path"]).output_shape == (None, SIZE, SIZE, 1)
+    assert pd.read_csv(out.history)["session"].tolist() == [1]
+    assert load_model(out.model).output_shape == (None, SIZE, SIZE, 1)
 
 
 def test_time_budget_and_resumed_counters() -> None:

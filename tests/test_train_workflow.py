@@ -15,8 +15,9 @@ import psutil
 import pytest
 import yaml
 
-from cinderseg.model import load_model
-from tests.workflow_helpers import REPO, snakemake, write_config
+from cinderseg.nn.model import load_model
+from cinderseg.workflow import paths
+from tests.workflow_helpers import REPO, log_file, output, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
@@ -37,8 +38,8 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_call(tmp_path: Path
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile",
            str(REPO / "profiles" / "default"), "--directory", str(tmp_path), "--cores", "2",
            "--configfile", configfile]  # fmt: skip
-    models = tmp_path / "results" / "models"
-    state = models / "resumable.state" / "state.json"
+    model_dir = output(tmp_path, paths.MODEL_DIR, model="resumable")
+    state = model_dir.with_name("resumable.state") / "state.json"
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed_pid = None
     try:
@@ -64,17 +65,17 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_call(tmp_path: Path
     assert first.returncode != 0
     done = json.loads(state.read_text())["next_epoch"]
     assert 2 <= done < 8
-    assert not (models / "resumable" / "model.keras").exists(), "Snakemake removed the failed job's outputs"
+    assert not (model_dir / "model.keras").exists(), "Snakemake removed the failed job's outputs"
 
     snakemake(tmp_path, "--configfile", configfile)
-    card = json.loads((models / "resumable" / "model_card.json").read_text())
-    history = pd.read_csv(models / "resumable" / "history.csv")
+    card = json.loads((model_dir / "model_card.json").read_text())
+    history = pd.read_csv(model_dir / "history.csv")
     assert card["resumed_from_epochs"] == [done] and card["sessions"] == 2
     assert list(history["epoch"]) == list(range(1, 9))
     assert list(history["session"]) == [1] * done + [2] * (8 - done)
-    log = (tmp_path / "results" / "logs" / "train" / "resumable.log").read_text()
-    assert f"resuming from the state in results/models/resumable.state: {done} epoch(s) done" in log
-    assert load_model(models / "resumable" / "model.keras").output_shape == (None, 128, 128, 1)
+    log = log_file(tmp_path, "train", "resumable").read_text()
+    assert f"resuming from the state in {model_dir.relative_to(tmp_path)}.state: {done} epoch(s) done" in log
+    assert load_model(model_dir / "model.keras").output_shape == (None, 128, 128, 1)
     assert not state.parent.exists()
 
 
@@ -84,6 +85,7 @@ def test_no_validation_tiles_is_one_clear_error(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "--configfile", write_config(tmp_path, "c.yaml", cfg), check=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("cinderseg: error:")]
-    assert lines and "no validation tiles (split 'val') in results/tiles/tiny_train.npz" in lines[0]
+    tiles = paths.TILES.format(region="tiny_train")
+    assert lines and f"no validation tiles (split 'val') in {tiles}" in lines[0]
     assert "tiling.split_block_px" in lines[0] and "tiling.val_fraction" in lines[0]
-    assert not (tmp_path / "results" / "models" / "resumable").exists()
+    assert not output(tmp_path, paths.MODEL_DIR, model="resumable").exists()

@@ -21,17 +21,11 @@ from rasterio.features import rasterize
 from scipy import ndimage
 from shapely.geometry import Point
 
-from cinderseg.errors import ConfigError, InputError
-from cinderseg.raster import NODATA_FLOAT, geotiff_profile
-from cinderseg.synthetic import SyntheticParams, generate_synthetic_region
-from cinderseg.vectorize import (
-    CONE_COLUMNS,
-    SUMMARY_COLUMNS,
-    VectorizeSettings,
-    cone_attributes,
-    vectorize_cones,
-    write_cone_products,
-)
+from cinderseg.cones.morphometry import CONE_COLUMNS, SUMMARY_COLUMNS, cone_attributes
+from cinderseg.cones.vectorize import VectorizeSettings, vectorize_cones, write_cone_products
+from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
+from cinderseg.terrain.synthetic import SyntheticParams, generate_synthetic_region
 
 REPO = Path(__file__).resolve().parent.parent
 RES = 30.0
@@ -122,9 +116,9 @@ def test_settings_defaults_match_schema_and_bad_values_fail():
         VectorizeSettings(split_saddle_ratio=0)
     with pytest.raises(ConfigError, match=r"vectorize\.fill_holes"):
         VectorizeSettings(fill_holes="yes")
-    with pytest.raises(ConfigError, match=r"vectorize\.thresold: unknown key"):
+    with pytest.raises(ConfigError, match=r"^vectorize: unknown key 'thresold'"):
         VectorizeSettings.from_config({"thresold": 0.5})
-    with pytest.raises(ConfigError, match=r"^vectorize\.outline: expected one of network, dem, got 'lidar'$"):
+    with pytest.raises(ConfigError, match=r"^vectorize\.outline: 'lidar' is not one of: network, dem$"):
         VectorizeSettings(outline="lidar")
     with pytest.raises(ConfigError, match=r"^vectorize\.min_height_m: "):
         VectorizeSettings(min_height_m=-1)
@@ -593,7 +587,7 @@ def test_bad_inputs_fail_with_one_line_and_leave_no_output(tmp_path):
 
 def test_gis_modules_do_not_import_tensorflow():
     code = (
-        "import sys, cinderseg.vectorize, cinderseg.plots; "
+        "import sys, cinderseg.cones.vectorize, cinderseg.assess.figures; "
         "print('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -25,10 +25,11 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import Point, Polygon
 
-from cinderseg.examples import write_srtm_like_example
-from cinderseg.synthetic import SyntheticParams
-from cinderseg.tiles import load_tiles
-from tests.workflow_helpers import snakemake, write_config
+from cinderseg.data.examples import write_srtm_like_example
+from cinderseg.data.tiles import load_tiles
+from cinderseg.terrain.synthetic import SyntheticParams
+from cinderseg.workflow import paths
+from tests.workflow_helpers import output, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 UTM5N = "EPSG:32605"
@@ -72,7 +73,7 @@ def file_region(dem: str = "dem.tif", labels: str | None = "labels.gpkg", role: 
 
 def outputs(work: Path) -> list[str]:
     """Data files left under results/ (logs and benchmarks aside)."""
-    results = work / "results"
+    results = work / paths.RESULTS
     if not results.exists():
         return []
     return sorted(
@@ -86,7 +87,7 @@ def temporaries(work: Path) -> list[str]:
     """Hidden files (temporaries of atomic writes, partial downloads) under results/ and resources/."""
     return sorted(
         str(p.relative_to(work))
-        for top in ("results", "resources")
+        for top in (paths.RESULTS, paths.RESOURCES)
         if (work / top).exists()
         for p in (work / top).rglob(".*")
     )
@@ -216,34 +217,34 @@ def invalid_geometries(work: Path, _: Path | None) -> dict:
 
 
 def check_probability(work: Path) -> None:
-    with rasterio.open(work / "results" / "predictions" / "vol.tif") as ds:
+    with rasterio.open(output(work, paths.PROBABILITY, region="vol")) as ds:
         p = ds.read(1, masked=True)
     assert p.count() > 0 and 0.0 <= float(p.min()) and float(p.max()) <= 1.0
 
 
 def check_nan_holes(work: Path) -> None:
-    with rasterio.open(work / "results" / "dem" / "vol.tif") as dem:
+    with rasterio.open(output(work, paths.DEM, region="vol")) as dem:
         z = dem.read(1, masked=True)
     mask = z.mask
     assert not mask[40:43, 40:43].any(), "a small void is filled"
     assert mask[105:135, 15:45].all(), "a large void stays nodata"
-    with rasterio.open(work / "results" / "masks" / "vol.tif") as m:
+    with rasterio.open(output(work, paths.MASK, region="vol")) as m:
         assert (m.read(1)[105:135, 15:45] == 255).all()
-    x, _, _ = load_tiles(work / "results" / "tiles" / "vol.npz")
+    x, _, _ = load_tiles(output(work, paths.TILES, region="vol"))
     assert x.shape[0] > 0 and np.isfinite(np.asarray(x, dtype="float32")).all()
 
 
 def check_geographic(work: Path) -> None:
-    with rasterio.open(work / "results" / "dem" / "vol.tif") as dem:
+    with rasterio.open(output(work, paths.DEM, region="vol")) as dem:
         assert dem.crs.to_epsg() == 32605 and dem.res == (30.0, 30.0)
-    with rasterio.open(work / "results" / "masks" / "vol.tif") as m:
+    with rasterio.open(output(work, paths.MASK, region="vol")) as m:
         cone_px = int((m.read(1) == 1).sum())
     assert cone_px == pytest.approx(np.pi * 150**2 / 30**2, rel=0.15)
-    assert load_tiles(work / "results" / "tiles" / "vol.npz")[0].shape[0] > 0
+    assert load_tiles(output(work, paths.TILES, region="vol"))[0].shape[0] > 0
 
 
 def check_repaired(work: Path) -> None:
-    with rasterio.open(work / "results" / "masks" / "vol.tif") as m:
+    with rasterio.open(output(work, paths.MASK, region="vol")) as m:
         cone_px = int((m.read(1) == 1).sum())
     assert cone_px == pytest.approx(2 * 300 * 300 / 30**2, rel=0.15)  # two triangles of the bow-tie
 
@@ -256,7 +257,7 @@ class Case:
     make: Maker
     expected: tuple[str, ...] | None
     step: str
-    target: str = "results/tiles/vol.npz"
+    target: str = paths.TILES.format(region="vol")
     needs_model: bool = False
     check: Callable[[Path], None] | None = None
 
@@ -350,7 +351,7 @@ CASES: dict[str, Case] = {
         seeded_tile_of_another_place,
         ("DEM of region 'vol'", "does not intersect", "resources/dem/tiles/USGS_13_n20w156.tif"),
         "dem",
-        target="results/dem/vol.tif",
+        target=paths.DEM.format(region="vol"),
     ),
     "impossible-synthetic-region": Case(
         lambda w, m: {"regions": {"vol": SYNTHETIC_CROWDED}, "tiling": TILING},
@@ -392,7 +393,7 @@ CASES: dict[str, Case] = {
             "has [slope, hillshade]",
         ),
         "predictions",
-        target="results/predictions/vol.tif",
+        target=paths.PROBABILITY.format(region="vol"),
         needs_model=True,
     ),
     # a given model keeps its own tile size (tiling.size is for this config's training tiles)
@@ -400,7 +401,7 @@ CASES: dict[str, Case] = {
         with_model(untouched, tiling=TILING),
         None,
         "predictions",
-        target="results/predictions/vol.tif",
+        target=paths.PROBABILITY.format(region="vol"),
         needs_model=True,
         check=check_probability,
     ),
@@ -408,7 +409,7 @@ CASES: dict[str, Case] = {
         with_model(lambda d, _: garbage(d / "model.keras")),
         ("model/model.keras", "not a readable Keras model"),
         "predictions",
-        target="results/predictions/vol.tif",
+        target=paths.PROBABILITY.format(region="vol"),
         needs_model=True,
     ),
     # must work
@@ -424,7 +425,9 @@ CASES: dict[str, Case] = {
 def test_bad_input(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     case = CASES[name]
     trained = (
-        request.getfixturevalue("tiny_run") / "results" / "models" / "unet" if case.needs_model else None
+        output(request.getfixturevalue("tiny_run"), paths.MODEL_DIR, model="unet")
+        if case.needs_model
+        else None
     )
     cfg = case.make(tmp_path, trained)
     proc = snakemake(
@@ -442,7 +445,7 @@ def test_bad_input(name: str, tmp_path: Path, request: pytest.FixtureRequest) ->
         assert text in lines[0], (text, lines[0])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     if case.step == "config":
-        assert not (tmp_path / "results").exists()
+        assert not (tmp_path / paths.RESULTS).exists()
     else:
         assert not [p for p in outputs(tmp_path) if p.startswith(f"{case.step}/")]
     assert temporaries(tmp_path) == []
@@ -456,15 +459,15 @@ def test_the_table_covers_the_cases_asked_for() -> None:
 def test_srtm_like_files_with_voids_and_lonlat_labels_just_work(tmp_path: Path) -> None:
     """Geographic int16 DEM in two files, SRTM voids, point labels in EPSG:4326: reprojected to UTM."""
     params = SyntheticParams(seed=5, width_px=320, height_px=256, n_cones=10, resolution_m=30.0)
-    paths = write_srtm_like_example(tmp_path / "data", params=params)
-    with rasterio.open(paths["west"]) as src:
+    example = write_srtm_like_example(tmp_path / "data", params=params)
+    with rasterio.open(example["west"]) as src:
         assert src.crs.to_epsg() == 4326 and src.dtypes[0] == "int16"
     region = {
         "source": "file",
-        "dem": [str(paths["west"].relative_to(tmp_path)), str(paths["east"].relative_to(tmp_path))],
+        "dem": [str(example["west"].relative_to(tmp_path)), str(example["east"].relative_to(tmp_path))],
         "nodata": -32768,
         "role": "train",
-        "labels": str(paths["labels"].relative_to(tmp_path)),
+        "labels": str(example["labels"].relative_to(tmp_path)),
         "resolution_m": 30,
     }
     cfg = {
@@ -475,16 +478,16 @@ def test_srtm_like_files_with_voids_and_lonlat_labels_just_work(tmp_path: Path) 
         "train": {"epochs": 1, "batch_size": 4},
     }
     snakemake(tmp_path, "--configfile", write_config(tmp_path, "c.yaml", cfg))
-    with rasterio.open(tmp_path / "results" / "dem" / "srtm.tif") as dem:
+    with rasterio.open(output(tmp_path, paths.DEM, region="srtm")) as dem:
         assert dem.crs.to_epsg() == 32605
         z = dem.read(1, masked=True)
-    with rasterio.open(tmp_path / "results" / "masks" / "srtm.tif") as mask:
+    with rasterio.open(output(tmp_path, paths.MASK, region="srtm")) as mask:
         cones = mask.read(1) == 1
     # The voids were small: filled. The cones cover about the labelled area (pi r^2 per cone).
     interior = z[20:-20, 20:-20]
     assert not np.ma.getmaskarray(interior).any()
-    labelled = gpd.read_file(paths["labels"])
+    labelled = gpd.read_file(example["labels"])
     expected_px = float(np.sum(np.pi * labelled["radius_m"] ** 2)) / 30.0**2
     assert cones.sum() == pytest.approx(expected_px, rel=0.1)
-    x, y, channels = load_tiles(tmp_path / "results" / "tiles" / "srtm.npz")
+    x, y, channels = load_tiles(output(tmp_path, paths.TILES, region="srtm"))
     assert x.shape[0] > 0 and y.sum() > 0 and list(channels) == ["local_relief", "slope", "hillshade"]

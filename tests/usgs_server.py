@@ -3,7 +3,9 @@
 The server (127.0.0.1, a free port, a thread of the test process) serves generated GeoTIFF tiles laid
 out like the USGS staged products and a TNM-style JSON index, and plays scripted faults: 404, 500,
 a dropped connection, a stalled transfer (``stall``: 1 kB, or ``slow``: half the file, then nothing
-until ``release`` is set), an HTML page served with status 200, a redirect elsewhere. The fixtures
+until ``release`` is set), an HTML page served with status 200, a redirect elsewhere, a 503 with a
+Retry-After header (``retry-after:<seconds>``), a file whose bytes differ from its ETag's MD5
+(``badmd5``). The fixtures
 ``served``, ``server`` and ``settings`` are registered for every test module by ``conftest.py``.
 """
 
@@ -23,7 +25,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from cinderseg.download import PRODUCTS, DownloadSettings, tile_bounds
+from cinderseg.terrain.download import PRODUCTS, DownloadSettings, tile_bounds
 
 PX = 1 / 500  # degrees per pixel of the generated tiles (real 1/3 arc-second tiles: 1/10800)
 OVERLAP_PX = 6  # 3DEP tiles reach 6 pixels beyond their 1 x 1 degree square
@@ -102,6 +104,8 @@ class Handler(BaseHTTPRequestHandler):
             fault = queue.pop(0) if queue else "ok"
         if fault.isdigit():
             self.send_error(int(fault))
+        elif fault.startswith("retry-after:"):
+            self.send_body(b"busy", "text/plain", 503, {"Retry-After": fault.split(":", 1)[1]})
         elif fault == "redirect":
             self.send_response(302)
             self.send_header("Location", "http://example.invalid/elsewhere.tif")
@@ -147,6 +151,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         data = target.read_bytes()
         etag = f'"{hashlib.md5(data).hexdigest()}"'
+        if fault == "badmd5":  # a byte flipped on the way
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
         if fault in ("drop", "stall", "nolength_drop", "slow"):
             self.send_response(200)
             self.send_header("Content-Type", "image/tiff")

@@ -18,6 +18,8 @@ from typing import Any
 import psutil
 import yaml
 
+from cinderseg.workflow import paths
+
 REPO = Path(__file__).resolve().parent.parent
 JOB_LINE = re.compile(r"^(?:local)?rule (\w+):$")
 WILDCARDS_LINE = re.compile(r"^\s+wildcards: (.*)$")
@@ -108,6 +110,22 @@ def kill_during(
         err.seek(0)
         stderr = err.read()
     return Interrupted(proc.returncode, stderr, killed)
+
+
+def output(workdir: Path, template: str, **wildcards: str) -> Path:
+    """A file the workflow makes in ``workdir``: a template of :mod:`cinderseg.workflow.paths`
+    (e.g. ``paths.DEM``) with its wildcards filled in."""
+    return workdir / template.format(**wildcards)
+
+
+def log_file(workdir: Path, step: str, name: str) -> Path:
+    """The log of one job of ``step`` in ``workdir`` (``paths.log``)."""
+    return workdir / paths.log(step, name)
+
+
+def benchmark_file(workdir: Path, step: str, name: str) -> Path:
+    """The benchmark table of one job of ``step`` in ``workdir`` (``paths.benchmark``)."""
+    return workdir / paths.benchmark(step, name)
 
 
 def write_config(workdir: Path, name: str, cfg: dict[str, Any]) -> str:

@@ -1,0 +1,238 @@
+"""The window grid of whole-region prediction, the blending weights, the strip writer, and test-time
+augmentation.
+
+Windows. Square windows of ``window_px`` start every ``window_px - overlap_px`` px along each axis
+(:func:`axis_windows`). The last window of a row or column ends flush with the raster's right/bottom
+edge and is only as large as needed (overlapping its neighbour by at least ``overlap_px``, rounded up
+to 32 px, not below the training tile size), where the network takes other input shapes: the edges are
+then not predicted again in full windows (on 6500 x 4000 px, 1.29 window pixels per raster pixel
+instead of 1.61). Otherwise full-size windows end flush with the edges. An axis shorter than a window
+has one window, zero-padded beyond the raster. Nodata feature pixels (non-finite or the raster's
+nodata in any band) are 0 for the network, as in the training tiles (:func:`read_window`).
+
+Blending. Every window's probabilities enter a running weighted sum and weight sum (the output is
+their ratio). A window's weight is the outer product of two 1-D profiles (:func:`weight_profile`): on
+a side with a neighbouring window, ``crop_px`` px of zero weight at the edge (where zero padding and
+the missing context spoil the network's output), then a raised-cosine ramp ``sin^2`` up to 1 over the
+rest of the overlap (``overlap_px - 2 crop_px`` px), so that two regular neighbours' weights sum to
+exactly 1 across their overlap; a side on the raster's edge keeps full weight up to the edge. Every
+pixel thus has a positive weight sum, and a constant network output stitches to the same constant.
+
+Test-time augmentation (``tta``, :func:`predict_windows`): ``flips`` averages the identity and the
+horizontal and vertical flips, ``d4`` the 8 symmetries of the square (quarter turns, each optionally
+mirrored); each prediction is transformed back before averaging. Cones have no orientation, so this
+costs 3x / 8x time for a smoother map.
+
+Memory. Windows are processed one window row at a time; the weighted sums live in a strip buffer
+(:class:`StripWriter`) one window (plus one output block) high spanning the raster's width, and rows
+that no later window touches are written as soon as a whole output block row (256 px) is final.
+Memory is therefore independent of the raster's height, linear in its width, and the features are
+read window by window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from cinderseg.core.raster import BLOCK_PX, NODATA_FLOAT
+from cinderseg.nn.encoders import DOWNSAMPLING
+
+if TYPE_CHECKING:
+    from cinderseg.nn.predict import Predictor
+    from cinderseg.nn.settings import PredictSettings
+
+MIN_WINDOW_PX = 64
+"""The smallest window side (the schema's minimum of ``predict.window_px``)."""
+
+
+def axis_windows(n: int, window: int, overlap: int, *, min_px: int | None = None) -> list[tuple[int, int]]:
+    """(origin, size) of the windows along an axis of ``n`` px.
+
+    Windows of ``window`` px start every ``window - overlap`` px; the last one ends flush with the
+    axis' end. With ``min_px`` (a network that takes any multiple of 32) the last window is only as
+    large as needed to reach the end while overlapping its neighbour by ``overlap`` px, rounded up to
+    a multiple of 32 and at least ``min_px``; otherwise it has the full size. An axis shorter than a
+    window has one window, reaching beyond the end (padded), of ``window`` px or, with ``min_px``,
+    of the axis' length rounded up to 32 px (at least ``min_px``).
+    """
+
+    def last_size(needed: int) -> int:
+        if min_px is None:
+            return window
+        return min(window, max(DOWNSAMPLING * math.ceil(needed / DOWNSAMPLING), min_px))
+
+    if n <= window:
+        return [(0, last_size(n))]
+    windows = []
+    origin = 0
+    while origin + window < n:
+        windows.append((origin, window))
+        origin += window - overlap
+    size = last_size(n - origin)
+    windows.append((n - size, size))
+    return windows
+
+
+def weight_profile(window: int, overlap: int, crop: int, *, lead: bool, trail: bool) -> np.ndarray:
+    """1-D blending weight (float32, ``window`` values) of a window along one axis.
+
+    ``lead``/``trail``: whether a neighbouring window overlaps its start/end. On such a side ``crop``
+    px get weight 0, then a ``sin^2`` ramp rises to 1 over ``overlap - 2 crop`` px; the ramps of two
+    neighbours ``window - overlap`` apart sum to exactly 1. Sides without a neighbour keep weight 1.
+    """
+    w = np.ones(window, dtype=np.float64)
+    ramp_px = overlap - 2 * crop
+    if overlap > 0 and ramp_px > 0:
+        t = (np.arange(ramp_px) + 0.5) / ramp_px
+        rise = np.concatenate([np.zeros(crop), np.sin(0.5 * np.pi * t) ** 2])  # overlap - crop values
+        if lead:
+            w[: rise.size] = np.minimum(w[: rise.size], rise)
+        if trail:
+            w[window - rise.size :] = np.minimum(w[window - rise.size :], rise[::-1])
+    return w.astype(np.float32)
+
+
+def axis_profiles(windows: Sequence[tuple[int, int]], overlap: int, crop: int) -> list[np.ndarray]:
+    """The weight profile of each window of :func:`axis_windows` (ramps only towards neighbours)."""
+    n = len(windows)
+    return [
+        weight_profile(size, overlap, crop, lead=i > 0, trail=i + 1 < n)
+        for i, (_, size) in enumerate(windows)
+    ]
+
+
+def overview_factors(height: int, width: int, block: int = BLOCK_PX) -> list[int]:
+    """Overview decimation factors 2, 4, ... until the smallest overview fits in one block."""
+    factors = []
+    factor = 2
+    while math.ceil(max(height, width) / (factor // 2)) > block:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+class StripWriter:
+    """Weighted sums of a strip of rows spanning the raster's width; writes rows as they become final.
+
+    Rows ``[base, base + capacity)`` of the raster are held; :meth:`flush` writes the rows before a
+    given one in whole output-block rows (the last chunk may be partial) and moves the strip down.
+    """
+
+    def __init__(self, dst: rasterio.io.DatasetWriter, capacity: int, block: int) -> None:
+        self.dst = dst
+        self.block = block
+        self.width = dst.width
+        self.height = dst.height
+        self.base = 0
+        self.acc = np.zeros((capacity, self.width), dtype=np.float32)
+        self.wsum = np.zeros((capacity, self.width), dtype=np.float32)
+        self.valid = np.zeros((capacity, self.width), dtype=bool)
+        self.valid_pixels = 0
+        self.uncovered_pixels = 0
+
+    def add(self, row: int, col: int, prob: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> None:
+        """Add one window's probabilities (clipped to the raster) with its weights."""
+        h, w = prob.shape
+        r = row - self.base
+        self.acc[r : r + h, col : col + w] += prob * weight
+        self.wsum[r : r + h, col : col + w] += weight
+        self.valid[r : r + h, col : col + w] = valid
+
+    def flush(self, before: int, *, final: bool = False) -> None:
+        """Write the rows above ``before`` (rounded down to a block row unless ``final``)."""
+        end = min(before, self.height) if final else (before // self.block) * self.block
+        n = end - self.base
+        if n <= 0:
+            return
+        wsum = self.wsum[:n]
+        covered = wsum > 0
+        valid = self.valid[:n]
+        out = np.full((n, self.width), NODATA_FLOAT, dtype=np.float32)
+        good = valid & covered
+        np.divide(self.acc[:n], wsum, out=out, where=good)
+        np.clip(out, 0.0, 1.0, out=out, where=good)
+        self.valid_pixels += int(good.sum())
+        self.uncovered_pixels += int((valid & ~covered).sum())
+        self.dst.write(out, 1, window=Window(0, self.base, self.width, n))
+        for buf in (self.acc, self.wsum, self.valid):
+            buf[:-n] = buf[n:].copy()
+            buf[-n:] = 0
+        self.base = end
+
+
+def window_batches(windows: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of consecutive windows of the same size, at most ``batch_size`` per batch."""
+    batches: list[list[int]] = []
+    for j, (_, size) in enumerate(windows):
+        if batches and len(batches[-1]) < batch_size and windows[batches[-1][0]][1] == size:
+            batches[-1].append(j)
+        else:
+            batches.append([j])
+    return batches
+
+
+def effective_window(settings: PredictSettings, height: int, width: int, tile_size: int | None) -> int:
+    """The window size for a raster: ``window_px``, or for a raster smaller than a window its larger
+    side rounded up to a multiple of 32 (not below the training tile size nor 64 px)."""
+    fit = DOWNSAMPLING * math.ceil(max(height, width) / DOWNSAMPLING)
+    return min(settings.window_px, max(fit, tile_size or 0, MIN_WINDOW_PX))
+
+
+def read_window(
+    ds: rasterio.DatasetReader, row: int, col: int, size: tuple[int, int], nodata: float | None
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Window of ``size`` (rows, columns) as (rows, columns, C) float32 with nodata and pixels outside
+    the raster 0, its valid mask, and the number of its rows/columns inside the raster."""
+    h, w = min(size[0], ds.height - row), min(size[1], ds.width - col)
+    data = ds.read(window=Window(col, row, w, h), out_dtype="float32")  # (C, h, w)
+    bad = ~np.isfinite(data)
+    if nodata is not None and not math.isnan(nodata):
+        bad |= data == np.float32(nodata)
+    bad = bad.any(axis=0)
+    x = np.zeros((*size, data.shape[0]), dtype=np.float32)
+    x[:h, :w] = np.moveaxis(data, 0, -1)
+    x[:h, :w][bad] = 0.0
+    return x, ~bad, h, w
+
+
+# --------------------------------------------------------------------------- test-time augmentation
+
+
+def tta_transforms(mode: str) -> list[tuple[int, bool]]:
+    """(quarter turns, mirror) pairs applied to the windows; mirror flips the columns after turning."""
+    if mode == "none":
+        return [(0, False)]
+    if mode == "flips":
+        return [(0, False), (0, True), (2, True)]  # identity, left-right, up-down (= half turn + mirror)
+    return [(k, m) for m in (False, True) for k in range(4)]
+
+
+def _forward(x: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    y = np.rot90(x, turns, axes=(1, 2)) if turns else x
+    return y[:, :, ::-1] if mirror else y
+
+
+def _backward(y: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    if mirror:
+        y = y[:, :, ::-1]
+    return np.rot90(y, -turns, axes=(1, 2)) if turns else y
+
+
+def predict_windows(predictor: Predictor, x: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Probabilities (B, h, w) float32 of a batch of windows ``x`` (B, h, w, C), averaged over ``tta``."""
+    out = np.zeros(x.shape[:3], dtype=np.float32)
+    transforms = tta_transforms(tta)
+    for turns, mirror in transforms:
+        xt = np.ascontiguousarray(_forward(x, turns, mirror), dtype=np.float32)
+        model = predictor.model_for(xt.shape[1], xt.shape[2])
+        y = predictor.calibrated(np.asarray(model.predict_on_batch(xt))[..., 0])
+        out += _backward(y, turns, mirror)
+    if len(transforms) > 1:
+        out /= len(transforms)
+    return out
