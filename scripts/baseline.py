@@ -1,6 +1,7 @@
 """Snakemake script of rule baseline: the classical LoG cone detector, measured like the network's cones."""
 
-from cinderseg.cones.baseline import BaselineSettings, run_baseline
+from cinderseg.cones.baseline import run_baseline
+from cinderseg.cones.detector import BaselineSettings
 from cinderseg.core.step import run_step
 
 run_step(

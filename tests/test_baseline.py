@@ -17,15 +17,8 @@ from affine import Affine
 from scipy import ndimage
 from shapely.geometry import Point, box
 
-from cinderseg.cones.baseline import (
-    DETECTION_COLUMNS,
-    EXTRA_COLUMNS,
-    BaselineSettings,
-    _Smoother,
-    detect_cones,
-    halo_px,
-    run_baseline,
-)
+from cinderseg.cones.baseline import EXTRA_COLUMNS, run_baseline
+from cinderseg.cones.detector import DETECTION_COLUMNS, BaselineSettings, _Smoother, detect_cones, halo_px
 from cinderseg.cones.morphometry import CONE_COLUMNS
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile

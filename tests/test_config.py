@@ -252,8 +252,8 @@ SETTINGS_CLASSES = [
     ("cinderseg.nn.settings", "ModelSettings", "model", set(), set()),
     ("cinderseg.nn.settings", "TrainSettings", "train", set(), set()),
     ("cinderseg.nn.settings", "PredictSettings", "predict", set(), set()),
-    ("cinderseg.cones.vectorize", "VectorizeSettings", "vectorize", set(), set()),
-    ("cinderseg.cones.baseline", "BaselineSettings", "baseline", set(), set()),
+    ("cinderseg.cones.settings", "VectorizeSettings", "vectorize", set(), set()),
+    ("cinderseg.cones.detector", "BaselineSettings", "baseline", set(), set()),
     ("cinderseg.assess.settings", "EvaluateSettings", "evaluate", set(), set()),
 ]
 

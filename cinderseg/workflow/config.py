@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from cinderseg.assess.settings import EvaluateSettings
-from cinderseg.cones.baseline import BaselineSettings
-from cinderseg.cones.vectorize import VectorizeSettings
+from cinderseg.cones.detector import BaselineSettings
+from cinderseg.cones.settings import VectorizeSettings
 from cinderseg.core.errors import ConfigError
 from cinderseg.core.modelcard import MODEL_CARD, WEIGHT_KEYWORDS, model_path
 from cinderseg.core.schema import load_schema, load_yaml, schema_error

@@ -1,0 +1,287 @@
+"""Cone candidates for the learned second stage, and what describes each of them.
+
+Candidates come from two high-recall proposers: the network's objects at a loose probability
+threshold (outlined from the DEM, :func:`cinderseg.cones.vectorize.network_objects`) and the classical
+detector's outlines at loose thresholds (:func:`cinderseg.cones.detector.detect_cones` with
+:data:`LOOSE_BASELINE`). Outlines of the two that cover the same cone (overlap above
+:data:`SAME_CONE_OVERLAP` of the smaller) are one candidate, outlined by the detector's radial profiles.
+
+Each candidate is described by :data:`FEATURES`: its morphometry (:mod:`cinderseg.cones.morphometry`),
+the network's probability over it, the detector's response, and its setting read from the DEM around
+it (:func:`context_features`): how the ground falls away on every side, how rough and how high the
+terrain around it is compared with its own height, the slope of its base. Lengths in metres, slopes in
+degrees, on the DEM's metric grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from rasterio.windows import Window
+from scipy import ndimage
+
+from cinderseg.cones.detector import BaselineSettings, detect_cones
+from cinderseg.cones.morphometry import cone_attributes
+from cinderseg.cones.outline import read_padded
+from cinderseg.core.grid import what
+from cinderseg.core.raster import open_raster
+
+log = logging.getLogger(__name__)
+
+#: The classical detector at loose thresholds: nearly every bump of 5 m is proposed.
+LOOSE_BASELINE = {
+    "min_response_m": 4.0,
+    "min_relief_m": 5.0,
+    "min_roundness": 0.4,
+    "min_flank_slope_deg": 2.0,
+    "max_flank_slope_deg": 60.0,
+    "max_overlap": 1.0,
+}
+#: Two outlines overlapping by more than this fraction of the smaller one are one candidate.
+SAME_CONE_OVERLAP = 0.5
+#: The features of a candidate, in the order the second stage reads them.
+FEATURES: tuple[str, ...] = (
+    "height_m",
+    "basal_diameter_m",
+    "height_to_diameter",
+    "circularity",
+    "flank_slope_mean_deg",
+    "crater",
+    "crater_depth_ratio",
+    "probability_mean",
+    "probability_max",
+    "probability_centre",
+    "log_score_ratio",
+    "from_network",
+    "from_detector",
+    "closure",
+    "steep_side_ratio",
+    "surround_rough_ratio",
+    "surround_high_ratio",
+    "base_slope_deg",
+    "radius_px",
+    "resolution_m",
+    "n_overlapping",
+    "height_over_best",
+    "diameter_over_largest",
+    "diameter_over_smallest",
+)
+N_RAYS = 32
+#: Context rings, in basal radii from the centre: the base ring (plane fit) and the surroundings.
+BASE_RING = (1.15, 1.6)
+SURROUND_RING = (1.6, 3.0)
+
+
+def _pool(network: gpd.GeoSeries, detector: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """One row per candidate: the detector's outlines (with their response) and the network's
+    objects that no detector outline covers; ``from_network`` / ``from_detector`` say who proposed it."""
+    det_geoms = list(detector.geometry)
+    net_geoms = list(network)
+    from_network = np.zeros(len(det_geoms), dtype=bool)
+    extra = []
+    tree = shapely.STRtree(det_geoms) if det_geoms else None
+    for geom in net_geoms:
+        same = False
+        if tree is not None:
+            for j in tree.query(geom):
+                inter = geom.intersection(det_geoms[j]).area
+                if inter > SAME_CONE_OVERLAP * min(geom.area, det_geoms[j].area):
+                    from_network[j] = same = True
+        if not same:
+            extra.append(geom)
+    n_det = len(det_geoms)
+    return gpd.GeoDataFrame(
+        {
+            "from_network": np.concatenate([from_network, np.ones(len(extra), dtype=bool)]),
+            "from_detector": np.concatenate([np.ones(n_det, dtype=bool), np.zeros(len(extra), dtype=bool)]),
+            "log_score_m": np.concatenate([detector["score"].to_numpy(dtype=float), np.zeros(len(extra))]),
+        },
+        geometry=gpd.GeoSeries(det_geoms + extra, crs=detector.crs if n_det else network.crs),
+    )
+
+
+def propose(
+    dem_path: str | os.PathLike[str], network: gpd.GeoSeries, *, region: str = ""
+) -> gpd.GeoDataFrame:
+    """The candidates of a DEM: the classical detector's loose outlines pooled with ``network``, the
+    network's objects (:func:`cinderseg.cones.network.network_objects`, the DEM's CRS). Polygons in
+    the DEM's CRS with ``from_network``, ``from_detector`` and the detector's ``log_score_m``."""
+    detector = detect_cones(dem_path, BaselineSettings.from_config(LOOSE_BASELINE), region=region)
+    cands = _pool(network, detector)
+    log.info(
+        "%s: %d candidates (%d from the detector, %d of them also from the network; %d from the network "
+        "only)",
+        what("DEM", region),
+        len(cands),
+        len(detector),
+        int((cands["from_network"] & cands["from_detector"]).sum()),
+        int((cands["from_network"] & ~cands["from_detector"]).sum()),
+    )
+    return cands
+
+
+def _plane(dy: np.ndarray, dx: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    """Least-squares plane coefficients (z0, d/dx, d/dy) through the points, None if too few."""
+    ok = np.isfinite(z)
+    if ok.sum() < 6:
+        return None
+    design = np.column_stack([np.ones(ok.sum()), dx[ok], dy[ok]])
+    coef, *_ = np.linalg.lstsq(design, z[ok], rcond=None)
+    return coef
+
+
+def context_features(
+    z: np.ndarray, row: float, col: float, radius_px: float, height: float, res: float
+) -> dict[str, float]:
+    """The setting of a candidate centred at (row, col) of the window ``z`` (metres, NaN = nodata)
+    with basal radius ``radius_px`` (pixels) and ``height`` (m):
+
+    - ``closure``: fraction of :data:`N_RAYS` azimuths along which the ground, detrended by the plane
+      of the base ring, falls below a third of the height within 1.6 radii (a cone falls away on every
+      side; a hillslope, a ridge or a sea-cliff edge does not);
+    - ``steep_side_ratio``: the highest detrended ground on the base ring over the height (a slope
+      or cliff rising behind the candidate);
+    - ``surround_rough_ratio`` / ``surround_high_ratio``: standard deviation and 95th percentile of
+      the detrended ground 1.6-3 radii out, over the height (hill country around it);
+    - ``base_slope_deg``: slope of the base ring's plane.
+    """
+    out = dict.fromkeys(
+        ("closure", "steep_side_ratio", "surround_rough_ratio", "surround_high_ratio", "base_slope_deg"),
+        math.nan,
+    )
+    yy, xx = np.indices(z.shape, dtype=np.float64)
+    dy, dx = yy - row, xx - col
+    rho = np.hypot(dy, dx) / max(radius_px, 1e-6)
+    ring = (rho >= BASE_RING[0]) & (rho <= BASE_RING[1])
+    coef = _plane(dy[ring], dx[ring], z[ring])
+    if coef is None or not height > 0:
+        return out
+    rel = z - (coef[0] + coef[1] * dx + coef[2] * dy)
+    out["base_slope_deg"] = math.degrees(math.atan(math.hypot(coef[1], coef[2]) / res))
+    radii = np.linspace(0.0, BASE_RING[1], max(8, int(BASE_RING[1] * radius_px * 2)))
+    az = np.linspace(0.0, 2 * math.pi, N_RAYS, endpoint=False)
+    rr = row + np.outer(np.sin(az), radii) * radius_px
+    cc = col + np.outer(np.cos(az), radii) * radius_px
+    prof = ndimage.map_coordinates(np.nan_to_num(rel, nan=np.inf), [rr, cc], order=1, cval=np.inf)
+    outer = radii >= 0.8
+    falls = np.any(prof[:, outer] < height / 3.0, axis=1)
+    out["closure"] = float(falls.mean())
+    ring_rel = rel[ring]
+    ring_rel = ring_rel[np.isfinite(ring_rel)]
+    if ring_rel.size:
+        out["steep_side_ratio"] = float(ring_rel.max() / height)
+    sur = rel[(rho >= SURROUND_RING[0]) & (rho <= SURROUND_RING[1])]
+    sur = sur[np.isfinite(sur)]
+    if sur.size >= 8:
+        out["surround_rough_ratio"] = float(sur.std() / height)
+        out["surround_high_ratio"] = float(np.percentile(sur, 95) / height)
+    return out
+
+
+def overlap_features(geoms: list[shapely.Geometry], height: np.ndarray) -> dict[str, np.ndarray]:
+    """How a candidate stands among the candidates that overlap it (by more than 30 % of the smaller):
+    their number, its height over the highest of them, its diameter over the largest and the smallest
+    (a cone's summit, the whole cone and the hill under it are candidates of one place)."""
+    n = len(geoms)
+    count = np.zeros(n)
+    best = np.ones(n)
+    largest = np.ones(n)
+    smallest = np.ones(n)
+    if not n:
+        return {
+            "n_overlapping": count,
+            "height_over_best": best,
+            "diameter_over_largest": largest,
+            "diameter_over_smallest": smallest,
+        }
+    area = np.array([g.area for g in geoms])
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    other = left != right
+    left, right = left[other], right[other]
+    inter = shapely.area(
+        shapely.intersection(np.asarray(geoms, dtype=object)[left], np.asarray(geoms, dtype=object)[right])
+    )
+    ok = inter > 0.3 * np.minimum(area[left], area[right])
+    left, right = left[ok], right[ok]
+    h = np.where(np.isfinite(height), height, 0.0)
+    np.add.at(count, left, 1)
+    top = h.copy()
+    np.maximum.at(top, left, h[right])
+    big = area.copy()
+    np.maximum.at(big, left, area[right])
+    small = area.copy()
+    np.minimum.at(small, left, area[right])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        best = np.where(top > 0, h / top, 1.0)
+    return {
+        "n_overlapping": count,
+        "height_over_best": best,
+        "diameter_over_largest": np.sqrt(area / big),
+        "diameter_over_smallest": np.sqrt(area / small),
+    }
+
+
+def candidate_features(
+    cands: gpd.GeoDataFrame,
+    dem_path: str | os.PathLike[str],
+    probability_path: str | os.PathLike[str] | None,
+    *,
+    region: str = "",
+) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
+    """The candidates' morphometry (the cone layer's columns) and their :data:`FEATURES`, row by row."""
+    cones = cone_attributes(cands.geometry, dem_path, probability_path=probability_path, region=region)
+    feats = pd.DataFrame(index=range(len(cones)), columns=list(FEATURES), dtype=float)
+    if not len(cones):
+        return cones, feats
+    height = cones["height_m"].to_numpy(dtype=float)
+    feats["height_m"] = height
+    for name in ("basal_diameter_m", "height_to_diameter", "circularity", "flank_slope_mean_deg"):
+        feats[name] = cones[name].to_numpy(dtype=float)
+    feats["crater"] = cones["crater"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        feats["crater_depth_ratio"] = cones["crater_depth_m"].to_numpy(dtype=float) / height
+        feats["log_score_ratio"] = cands["log_score_m"].to_numpy(dtype=float) / height
+    feats["probability_mean"] = cones["probability_mean"].to_numpy(dtype=float)
+    feats["probability_max"] = cones["probability_max"].to_numpy(dtype=float)
+    feats["from_network"] = cands["from_network"].to_numpy(dtype=float)
+    feats["from_detector"] = cands["from_detector"].to_numpy(dtype=float)
+    prob_ds = (
+        open_raster(probability_path, what=what("probability raster", region)) if probability_path else None
+    )
+    try:
+        with open_raster(dem_path, what=what("DEM", region)) as dem:
+            res = abs(dem.transform.a)
+            inv = ~dem.transform
+            for i, geom in enumerate(cones.geometry):
+                radius_px = math.sqrt(geom.area / math.pi) / res
+                cx, cy = geom.centroid.x, geom.centroid.y
+                col_f, row_f = inv * (cx, cy)
+                reach = math.ceil(SURROUND_RING[1] * radius_px) + 2
+                win = Window(int(col_f), int(row_f), 1, 1)
+                z, valid, top, left = read_padded(dem, win, reach)
+                z = np.where(valid, z, np.nan)
+                ctx = context_features(z, row_f - top - 0.5, col_f - left - 0.5, radius_px, height[i], res)
+                for key, value in ctx.items():
+                    feats.loc[i, key] = value
+                feats.loc[i, "radius_px"] = radius_px
+                feats.loc[i, "resolution_m"] = res
+                if prob_ds is not None:
+                    half = max(1, round(radius_px / 2))
+                    p, pv, _, _ = read_padded(prob_ds, win, half)
+                    p = np.where(pv & (p >= 0), p, np.nan)
+                    feats.loc[i, "probability_centre"] = float(np.nanmax(p)) if np.isfinite(p).any() else 0.0
+    finally:
+        if prob_ds is not None:
+            prob_ds.close()
+    for key, value in overlap_features(list(cones.geometry), height).items():
+        feats[key] = value
+    for name in ("probability_mean", "probability_max", "probability_centre"):
+        feats[name] = feats[name].fillna(0.0)
+    return cones, feats
