@@ -51,6 +51,7 @@ os.environ.update(CINDERSEG_ROOT=str(Path(workflow.basedir).resolve()))
 REGIONS = list(config["regions"])
 LABELLED = labelled_regions(config)
 SYNTHETIC = region_names(config, source="synthetic")
+SCENES = region_names(config, source="scene")
 FILE_BASED = region_names(config, source="file")
 USGS3DEP = region_names(config, source="usgs3dep")
 TRAINING = region_names(config, role="train")
@@ -143,6 +144,21 @@ def fold_model_file(name):
 def fold_figure(figure):
     """A fold's figure (paths.FOLD_FIGURE) named ``figure``, the fold left a wildcard."""
     return paths.FOLD_FIGURE.format(fold="{fold}", figure=figure)
+
+
+def scene_donors(wildcards):
+    """The DEMs and labels of a scene's donor regions, in scene.donors order."""
+    donors = config["regions"][wildcards.region]["scene"]["donors"]
+    return {
+        "dems": [paths.DEM.format(region=donor) for donor in donors],
+        "labels": [region_labels(donor) for donor in donors],
+    }
+
+
+def scene_donor_radius_fields(wildcards):
+    """The radius attribute of each donor's point labels, in scene.donors order."""
+    donors = config["regions"][wildcards.region]["scene"]["donors"]
+    return [config["regions"][donor]["radius_field"] for donor in donors]
 
 
 def labels_file(wildcards):

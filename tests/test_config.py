@@ -228,7 +228,7 @@ def test_the_reference_lists_every_key_of_every_section() -> None:
     assert list(chunks) == list(schema["properties"])
     region = schema["definitions"]["region"]["properties"]
     keys = {name: list(section.get("properties", {})) for name, section in schema["properties"].items()}
-    keys["regions"] = [*region, *region["synthetic"]["properties"]]
+    keys["regions"] = [*region, *region["synthetic"]["properties"], *region["scene"]["properties"]]
     keys["crossval"] += ["rows", "cols", "gap_m"]
     for name, chunk in chunks.items():
         rows = [line for line in chunk.splitlines() if line.startswith("| `")]
@@ -238,7 +238,7 @@ def test_the_reference_lists_every_key_of_every_section() -> None:
         "| `relief_exaggeration` | list of number or null | exactly 2 items; each ≥ 0.1 and ≤ 10 | `null` |"
         in (chunks["train"])
     )
-    assert "| `source` | string | one of `synthetic`, `file`, `usgs3dep` | required |" in chunks["regions"]
+    assert "| `source` | string | one of `synthetic`, `scene`, `file`, `usgs3dep` | required |" in chunks["regions"]
 
 
 # Every settings class: its fields are its schema section's keys, with the schema's defaults. The
@@ -249,6 +249,8 @@ SETTINGS_CLASSES = [
     ("cinderseg.terrain.download", "DownloadSettings", "download", set(), set()),
     # resolution_m: the region's own key (regions.<name>.resolution_m)
     ("cinderseg.terrain.synthetic", "SyntheticParams", "region.synthetic", {"resolution_m"}, set()),
+    # resolution_m: the region's own key (regions.<name>.resolution_m)
+    ("cinderseg.data.scenes", "SceneParams", "region.scene", {"resolution_m"}, set()),
     ("cinderseg.nn.settings", "ModelSettings", "model", set(), set()),
     ("cinderseg.nn.settings", "TrainSettings", "train", set(), set()),
     ("cinderseg.nn.settings", "PredictSettings", "predict", set(), set()),

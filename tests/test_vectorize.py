@@ -455,7 +455,8 @@ def test_empty_result_writes_empty_layer_with_all_columns(tmp_path):
     out, summary = tmp_path / "cones.gpkg", tmp_path / "summary.csv"
     cones = vectorize_cones(prob, dem, out, VectorizeSettings(), region="none", summary_path=summary)
     assert len(cones) == 0
-    assert [name for name, _ in pyogrio.list_layers(out)] == ["cones"]
+    assert [name for name, _ in pyogrio.list_layers(out)] == ["cones", "rejected"]
+    assert len(gpd.read_file(out, layer="rejected")) == 0
     back = gpd.read_file(out, layer="cones")
     assert len(back) == 0
     assert list(back.columns) == [*CONE_COLUMNS, "geometry"]

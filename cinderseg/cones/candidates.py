@@ -1,7 +1,7 @@
 """Cone candidates for the learned second stage, and what describes each of them.
 
 Candidates come from two high-recall proposers: the network's objects at a loose probability
-threshold (outlined from the DEM, :func:`cinderseg.cones.vectorize.network_objects`) and the classical
+threshold (outlined from the DEM, :func:`cinderseg.cones.network.network_objects`) and the classical
 detector's outlines at loose thresholds (:func:`cinderseg.cones.detector.detect_cones` with
 :data:`LOOSE_BASELINE`). Outlines of the two that cover the same cone (overlap above
 :data:`SAME_CONE_OVERLAP` of the smaller) are one candidate, outlined by the detector's radial profiles.
@@ -28,16 +28,18 @@ from scipy import ndimage
 
 from cinderseg.cones.detector import BaselineSettings, detect_cones
 from cinderseg.cones.morphometry import cone_attributes
-from cinderseg.cones.outline import read_padded
+from cinderseg.cones.outline import read_padded, suppress_overlaps
+from cinderseg.cones.verifier import Verifier
 from cinderseg.core.grid import what
 from cinderseg.core.raster import open_raster
 
 log = logging.getLogger(__name__)
 
-#: The classical detector at loose thresholds: nearly every bump of 5 m is proposed.
+#: The classical detector at loose thresholds: nearly every bump of 8 m is proposed, at every scale
+#: (no overlap suppression: a cone's outline lies inside the larger hill's; only near-duplicates go).
 LOOSE_BASELINE = {
     "min_response_m": 4.0,
-    "min_relief_m": 5.0,
+    "min_relief_m": 8.0,
     "min_roundness": 0.4,
     "min_flank_slope_deg": 2.0,
     "max_flank_slope_deg": 60.0,
@@ -45,6 +47,8 @@ LOOSE_BASELINE = {
 }
 #: Two outlines overlapping by more than this fraction of the smaller one are one candidate.
 SAME_CONE_OVERLAP = 0.5
+#: Of two detector outlines with an intersection over union above this, the weaker response goes.
+DUPLICATE_IOU = 0.7
 #: The features of a candidate, in the order the second stage reads them.
 FEATURES: tuple[str, ...] = (
     "height_m",
@@ -76,6 +80,28 @@ N_RAYS = 32
 #: Context rings, in basal radii from the centre: the base ring (plane fit) and the surroundings.
 BASE_RING = (1.15, 1.6)
 SURROUND_RING = (1.6, 3.0)
+
+
+def drop_duplicates(geoms: list[shapely.Geometry], score: np.ndarray) -> np.ndarray:
+    """Which outlines to keep: of two with an intersection over union above :data:`DUPLICATE_IOU`
+    (one cone found at neighbouring scales or pixels) the one with the lower ``score`` goes."""
+    keep = np.ones(len(geoms), dtype=bool)
+    if len(geoms) < 2:
+        return keep
+    arr = np.asarray(geoms, dtype=object)
+    a, b = shapely.STRtree(arr).query(arr, predicate="intersects")
+    a, b = a[a < b], b[a < b]
+    inter = shapely.area(shapely.intersection(arr[a], arr[b]))
+    iou = inter / (shapely.area(arr[a]) + shapely.area(arr[b]) - inter)
+    a, b = a[iou > DUPLICATE_IOU], b[iou > DUPLICATE_IOU]
+    rank = np.empty(len(geoms), dtype=np.int64)
+    rank[np.argsort(-score, kind="stable")] = np.arange(len(geoms))
+    strong = np.where(rank[a] < rank[b], a, b)
+    weak = np.where(rank[a] < rank[b], b, a)
+    for i in np.argsort(rank[strong], kind="stable"):  # strongest pairs first, as greedy suppression
+        if keep[strong[i]]:
+            keep[weak[i]] = False
+    return keep
 
 
 def _pool(network: gpd.GeoSeries, detector: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
@@ -113,7 +139,8 @@ def propose(
     network's objects (:func:`cinderseg.cones.network.network_objects`, the DEM's CRS). Polygons in
     the DEM's CRS with ``from_network``, ``from_detector`` and the detector's ``log_score_m``."""
     detector = detect_cones(dem_path, BaselineSettings.from_config(LOOSE_BASELINE), region=region)
-    cands = _pool(network, detector)
+    detector = detector[drop_duplicates(list(detector.geometry), detector["score"].to_numpy())]
+    cands = _pool(network, detector.reset_index(drop=True))
     log.info(
         "%s: %d candidates (%d from the detector, %d of them also from the network; %d from the network "
         "only)",
@@ -285,3 +312,55 @@ def candidate_features(
     for name in ("probability_mean", "probability_max", "probability_centre"):
         feats[name] = feats[name].fillna(0.0)
     return cones, feats
+
+
+#: The network's objects become candidates from this probability up.
+CANDIDATE_THRESHOLD = 0.3
+#: Kept cones may overlap by at most this fraction of the smaller one (highest score kept first).
+MAX_OVERLAP = 0.3
+#: Rejected candidates scoring at least this are kept in the rejected layer (for the loss table).
+REJECTED_MIN_SCORE = 0.01
+
+
+def verified_cones(
+    dem_path: str | os.PathLike[str],
+    probability_path: str | os.PathLike[str],
+    network: gpd.GeoSeries,
+    verifier: Verifier,
+    *,
+    region: str = "",
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """The second stage: candidates (``network``'s objects and the detector's outlines) scored by
+    ``verifier``; those at its threshold or above are cones unless a higher-scoring cone overlaps them
+    by more than :data:`MAX_OVERLAP`. Returns the cone layer (the morphometry columns and
+    ``second_stage_score``, highest first, ``cone_id`` 1..n) and the rejected candidates scoring at least
+    :data:`REJECTED_MIN_SCORE` (``reason``: 'scored below threshold' or 'overlaps a higher-scoring cone')."""
+    cands = propose(dem_path, network, region=region)
+    cones, feats = candidate_features(cands, dem_path, probability_path, region=region)
+    score = verifier.probability(feats) if len(cones) else np.zeros(0)
+    order = np.argsort(-score, kind="stable")
+    above = order[score[order] >= verifier.threshold]
+    taken = suppress_overlaps([cones.geometry.iloc[i] for i in above], range(len(above)), MAX_OVERLAP)
+    kept_idx = above[taken]
+    reason = np.full(len(cones), "scored below threshold", dtype=object)
+    reason[above[~taken]] = "overlaps a higher-scoring cone"
+    rejected = np.ones(len(cones), dtype=bool)
+    rejected[kept_idx] = False
+    rejected &= score >= REJECTED_MIN_SCORE
+    kept = cones.iloc[kept_idx].reset_index(drop=True)
+    kept["cone_id"] = np.arange(1, len(kept) + 1, dtype=np.int64)
+    kept["second_stage_score"] = score[kept_idx]
+    out = gpd.GeoDataFrame(
+        {"reason": reason[rejected], "score": score[rejected]},
+        geometry=cones.geometry[rejected].values,
+        crs=cones.crs,
+    )
+    log.info(
+        "%s: %d of %d candidates scored %g or more, %d cones after overlap suppression",
+        what("DEM", region),
+        len(above),
+        len(cones),
+        verifier.threshold,
+        len(kept),
+    )
+    return kept, out.reset_index(drop=True)

@@ -460,10 +460,21 @@ def cone_attributes(
     return gpd.GeoDataFrame(table, geometry=geoms.values, crs=crs)
 
 
-def write_cone_layer(cones: gpd.GeoDataFrame, out_path: str | os.PathLike[str]) -> None:
-    """Write a cone layer (GeoPackage, layer "cones", Polygon geometry type) atomically."""
+#: The layer of the objects a step considered and rejected, with a ``reason`` (and a ``score``).
+REJECTED_LAYER = "rejected"
+
+
+def write_cone_layer(
+    cones: gpd.GeoDataFrame, out_path: str | os.PathLike[str], rejected: gpd.GeoDataFrame | None = None
+) -> None:
+    """Write a cone layer (GeoPackage, layer "cones", Polygon geometry type) atomically, with the
+    ``rejected`` objects (columns ``reason``, ``score``) as a second layer "rejected" when given."""
     with atomic_write(out_path) as tmp:
         cones.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio", geometry_type="Polygon")
+        if rejected is not None:
+            rejected.to_file(
+                tmp, layer=REJECTED_LAYER, driver="GPKG", engine="pyogrio", geometry_type="Polygon"
+            )
 
 
 def summarize_cones(cones: gpd.GeoDataFrame | pd.DataFrame, region: str = "") -> pd.DataFrame:

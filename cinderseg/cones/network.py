@@ -228,9 +228,12 @@ def _find_objects(
     return found, counts, crs
 
 
-def _round_enough(polys: gpd.GeoSeries, min_circularity: float, label: str) -> gpd.GeoSeries:
-    """The polygons whose circularity 4 pi area / perimeter^2 is at least ``min_circularity``: cinder
-    cones are round in plan, elongated or ragged objects (flows, ridges, merged debris) go."""
+def _round_enough(
+    polys: gpd.GeoSeries, min_circularity: float, label: str
+) -> tuple[gpd.GeoSeries, gpd.GeoSeries]:
+    """The polygons whose circularity 4 pi area / perimeter^2 is at least ``min_circularity`` (cinder
+    cones are round in plan; elongated or ragged objects - flows, ridges, merged debris - go), and
+    those that went."""
     round_enough = (4 * math.pi * polys.area / polys.length**2).to_numpy() >= min_circularity
     log.info(
         "%s: %d objects below min_circularity=%g dropped",
@@ -238,7 +241,7 @@ def _round_enough(polys: gpd.GeoSeries, min_circularity: float, label: str) -> g
         int((~round_enough).sum()),
         min_circularity,
     )
-    return polys[round_enough].reset_index(drop=True)
+    return polys[round_enough].reset_index(drop=True), polys[~round_enough].reset_index(drop=True)
 
 
 def _log_counts(counts: _Counts, settings: VectorizeSettings, label: str, n_found: int) -> None:
@@ -298,15 +301,17 @@ def network_objects(
     settings: VectorizeSettings,
     *,
     region: str = "",
-) -> gpd.GeoSeries:
+) -> tuple[gpd.GeoSeries, gpd.GeoSeries]:
     """The network's cone objects as polygons (the DEM's CRS): thresholded, split, polygonized, round
-    enough and, with ``outline: dem``, outlined from the DEM; before morphometry and height filters."""
+    enough and, with ``outline: dem``, outlined from the DEM; before morphometry and height filters.
+    Also the objects dropped as not round enough (their own outlines)."""
     found, counts, crs = _find_objects(probability_path, dem_path, settings, region)
     polys = gpd.GeoSeries([item[2] for item in found], crs=crs)
+    not_round = gpd.GeoSeries([], crs=crs)
     label = f"region '{region}'" if region else os.fspath(probability_path)
     if len(polys) and settings.min_circularity > 0:
-        polys = _round_enough(polys, settings.min_circularity, label)
+        polys, not_round = _round_enough(polys, settings.min_circularity, label)
     if len(polys) and settings.outline == "dem":
         polys = dem_outlines(polys, dem_path, region=region)
     _log_counts(counts, settings, label, len(found))
-    return polys
+    return polys, not_round

@@ -32,6 +32,7 @@ class VectorizeSettings:
     outline: str = section_default("vectorize", "outline")
     min_height_m: float = section_default("vectorize", "min_height_m")
     min_height_to_diameter: float = section_default("vectorize", "min_height_to_diameter")
+    second_stage: str = section_default("vectorize", "second_stage")
 
     def __post_init__(self) -> None:
         validate_section("vectorize", asdict(self))

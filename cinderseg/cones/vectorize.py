@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 
 from cinderseg.cones import figures
+from cinderseg.cones.candidates import CANDIDATE_THRESHOLD, verified_cones
 from cinderseg.cones.morphometry import (
     cone_attributes,
     empty_cone_layer,
@@ -50,6 +53,8 @@ from cinderseg.cones.morphometry import (
 )
 from cinderseg.cones.network import network_objects
 from cinderseg.cones.settings import VectorizeSettings
+from cinderseg.cones.verifier import load_verifier
+from cinderseg.core.modelcard import verifier_path
 from cinderseg.core.raster import atomic_write
 
 log = logging.getLogger(__name__)
@@ -57,32 +62,67 @@ log = logging.getLogger(__name__)
 __all__ = ["VectorizeSettings", "vectorize_cones", "write_cone_products"]
 
 
-def drop_low_cones(cones: gpd.GeoDataFrame, settings: VectorizeSettings, label: str = "") -> gpd.GeoDataFrame:
+def drop_low_cones(
+    cones: gpd.GeoDataFrame, settings: VectorizeSettings, label: str = ""
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Drop the objects too low to be cones: ``height_m`` under ``settings.min_height_m`` (m) or
     ``height_to_diameter`` under ``settings.min_height_to_diameter`` (lava-flow mounds, tumuli, low
     swells, flat pit-crater rims; 0 disables each). Objects whose height is unknown (no valid DEM
-    pixel) are kept. The survivors are renumbered ``cone_id`` 1..n in their order.
-    """
+    pixel) are kept. The survivors are renumbered ``cone_id`` 1..n in their order; the dropped ones
+    come second, with a ``reason`` ('too low' or 'too flat')."""
     height = cones["height_m"].to_numpy(dtype=float)
     ratio = cones["height_to_diameter"].to_numpy(dtype=float)
-    too_low = np.zeros(len(cones), dtype=bool)
+    reason = np.full(len(cones), "", dtype=object)
     with np.errstate(invalid="ignore"):  # NaN compares False: unknown heights are kept
-        if settings.min_height_m > 0:
-            too_low |= height < settings.min_height_m
         if settings.min_height_to_diameter > 0:
-            too_low |= ratio < settings.min_height_to_diameter
-    if not too_low.any():
-        return cones
-    log.info(
-        "%s: %d objects lower than min_height_m=%g m or min_height_to_diameter=%g dropped",
-        label,
-        int(too_low.sum()),
-        settings.min_height_m,
-        settings.min_height_to_diameter,
+            reason[ratio < settings.min_height_to_diameter] = "too flat"
+        if settings.min_height_m > 0:
+            reason[height < settings.min_height_m] = "too low"
+    too_low = reason != ""
+    dropped = gpd.GeoDataFrame(
+        {"reason": reason[too_low], "score": np.full(int(too_low.sum()), np.nan)},
+        geometry=cones.geometry[too_low].values,
+        crs=cones.crs,
     )
+    if too_low.any():
+        log.info(
+            "%s: %d objects lower than min_height_m=%g m or min_height_to_diameter=%g dropped",
+            label,
+            int(too_low.sum()),
+            settings.min_height_m,
+            settings.min_height_to_diameter,
+        )
     kept = cones[~too_low].reset_index(drop=True)
     kept["cone_id"] = np.arange(1, len(kept) + 1, dtype=np.int64)
-    return kept
+    return kept, dropped
+
+
+def _network_cones(
+    probability_path: str | os.PathLike[str],
+    dem_path: str | os.PathLike[str],
+    settings: VectorizeSettings,
+    region: str,
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """The network's objects measured and filtered by height (no second stage), and the rejected
+    ones: not round enough, too low, too flat."""
+    polys, not_round = network_objects(probability_path, dem_path, settings, region=region)
+    label = f"region '{region}'" if region else os.fspath(probability_path)
+    rejected = gpd.GeoDataFrame(
+        {"reason": ["not round"] * len(not_round), "score": np.full(len(not_round), np.nan)},
+        geometry=not_round.values,
+        crs=polys.crs,
+    )
+    if not len(polys):
+        return empty_cone_layer(polys.crs), rejected
+    cones = cone_attributes(
+        polys,
+        dem_path,
+        probability_path=probability_path,
+        region=region,
+        ring_width_px=settings.ring_width_px,
+    )
+    cones, too_low = drop_low_cones(cones, settings, label)
+    return cones, pd.concat([rejected, too_low], ignore_index=True)
 
 
 def vectorize_cones(
@@ -102,21 +142,15 @@ def vectorize_cones(
     (:func:`summarize_cones`), both atomically. Returns the cone layer. See the module docstring for
     the steps; raises InputError (one line naming the file) for unusable rasters.
     """
-    polys = network_objects(probability_path, dem_path, settings, region=region)
-    crs = polys.crs
-    label = f"region '{region}'" if region else os.fspath(probability_path)
-    if len(polys):
-        cones = cone_attributes(
-            polys,
-            dem_path,
-            probability_path=probability_path,
-            region=region,
-            ring_width_px=settings.ring_width_px,
-        )
-        cones = drop_low_cones(cones, settings, label)
+    verifier_file = verifier_path(settings.second_stage)
+    if verifier_file is not None:
+        verifier = load_verifier(verifier_file)
+        candidate_settings = replace(settings, threshold=CANDIDATE_THRESHOLD)
+        network, _ = network_objects(probability_path, dem_path, candidate_settings, region=region)
+        cones, rejected = verified_cones(dem_path, probability_path, network, verifier, region=region)
     else:
-        cones = empty_cone_layer(crs)
-    write_cone_layer(cones, out_path)
+        cones, rejected = _network_cones(probability_path, dem_path, settings, region)
+    write_cone_layer(cones, out_path, rejected)
     if summary_path is not None:
         with atomic_write(summary_path) as tmp:
             summarize_cones(cones, region).to_csv(tmp, index=False)

@@ -172,7 +172,7 @@ def fit_verifier(
         )
         for est in model.estimators_[:, 0]
     )
-    info = {"n_candidates": int(len(y)), "n_cones": int(y.sum()), "seed": seed, **(meta or {})}
+    info = {"n_candidates": len(y), "n_cones": int(y.sum()), "seed": seed, **(meta or {})}
     return Verifier(
         tuple(features), math.log(prior / (1 - prior)), learning_rate, trees, threshold=threshold, meta=info
     )

@@ -19,6 +19,8 @@ from cinderseg.core.errors import ConfigError, InputError
 MODEL_CARD = "model_card.json"
 #: The U-Net shipped with cinderseg (rebuilt by ``make pretrained``), with its model card beside it.
 PRETRAINED_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "model.keras"
+#: The learned second stage shipped with the model (``vectorize.second_stage: pretrained``).
+PRETRAINED_VERIFIER = PRETRAINED_MODEL.with_name("verifier.json")
 #: The keyword naming :data:`PRETRAINED_MODEL` in ``predict.model``, ``train.initial_model`` and the
 #: ``--model`` option of ``cinderseg predict``.
 PRETRAINED_KEYWORD = "pretrained"
@@ -40,6 +42,22 @@ def model_path(value: str | os.PathLike[str], *, key: str = "model") -> Path:
             f"{MODEL_CARD}); rebuild it with `make pretrained`"
         )
     return PRETRAINED_MODEL
+
+
+def verifier_path(value: str | os.PathLike[str], *, key: str = "vectorize.second_stage") -> Path | None:
+    """The verifier file ``vectorize.second_stage`` names: None for 'none', the shipped one for
+    'pretrained' (ConfigError naming ``key`` when it is missing), else the path as given."""
+    word = str(value).strip().lower()
+    if word == "none":
+        return None
+    if word != PRETRAINED_KEYWORD:
+        return Path(value)
+    if not PRETRAINED_VERIFIER.is_file():
+        raise ConfigError(
+            f"{key}: the shipped verifier is missing ({PRETRAINED_VERIFIER}); "
+            "rebuild it with `make pretrained`"
+        )
+    return PRETRAINED_VERIFIER
 
 
 def card_path(model: str | os.PathLike[str]) -> Path:

@@ -23,6 +23,7 @@ from cinderseg.core.modelcard import MODEL_CARD, WEIGHT_KEYWORDS, model_path
 from cinderseg.core.schema import load_schema, load_yaml, schema_error
 from cinderseg.core.settings import ROLES_WITH_LABELS
 from cinderseg.data.folds import folds_from_config
+from cinderseg.data.scenes import SceneParams
 from cinderseg.data.tiles import TilingSettings
 from cinderseg.nn.settings import ModelSettings, PredictSettings, TrainSettings
 from cinderseg.terrain.download import DownloadSettings, tiles_for_bbox
@@ -45,8 +46,8 @@ def validate_config(
     if isinstance(regions, dict):
         for name, region in regions.items():
             # Synthetic regions always get a `synthetic` block, so its defaults are filled in.
-            if isinstance(region, dict) and region.get("source") == "synthetic":
-                region.setdefault("synthetic", {})
+            if isinstance(region, dict) and region.get("source") in ("synthetic", "scene"):
+                region.setdefault(region["source"], {})
             if isinstance(region, dict) and "product" in region:
                 explicit_product.add(name)
                 if type(region["product"]) is int and region["product"] == 1:  # YAML `product: 1`
@@ -87,61 +88,84 @@ def check_sections(cfg: Mapping[str, Any]) -> None:
         build(cfg.get(section, {}))
 
 
+GENERATED = ("synthetic", "scene")
+"""Sources whose DEM is generated, with their labels ('synthetic': the cones they place)."""
+
+
+def _check_source(key: str, region: Mapping[str, Any]) -> None:
+    """The keys a region's source needs, and those it does not use."""
+    source = region["source"]
+    if source == "file" and "dem" not in region:
+        raise ConfigError(f"{key}.dem: required for source 'file' (a DEM path or a list of paths)")
+    if source in GENERATED and "dem" in region:
+        raise ConfigError(f"{key}.dem: not used with source '{source}'; remove it or use source 'file'")
+    for block in GENERATED:
+        if source != block and block in region:
+            raise ConfigError(f"{key}.{block}: only allowed with source '{block}'")
+    if source in GENERATED:
+        for field in ("crs", "bbox", "nodata"):
+            if field in region:
+                raise ConfigError(
+                    f"{key}.{field}: not used with source '{source}' (set {source}.crs / size instead)"
+                )
+    if source != "usgs3dep" and "product" in region:
+        raise ConfigError(f"{key}.product: only used with source 'usgs3dep'")
+    if source == "usgs3dep" and "dem" in region:
+        raise ConfigError(
+            f"{key}.dem: not used with source 'usgs3dep' (the tiles covering bbox are downloaded); "
+            "remove it, or use source 'file' for your own files"
+        )
+    if source == "usgs3dep" and "bbox" not in region:
+        raise ConfigError(
+            f"{key}.bbox: required for source 'usgs3dep' ([west, south, east, north] in degrees; "
+            "it chooses the tiles to download)"
+        )
+
+
+def _check_region(key: str, region: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """A region's labels, bbox and generator parameters."""
+    if region["role"] in ROLES_WITH_LABELS and "labels" not in region:
+        raise ConfigError(
+            f"{key}.labels: required for role '{region['role']}' (a vector file or 'synthetic')"
+        )
+    if region.get("labels") == "synthetic" and region["source"] not in GENERATED:
+        raise ConfigError(f"{key}.labels: 'synthetic' labels need source 'synthetic' or 'scene'")
+    bbox = region.get("bbox")
+    if bbox is not None:
+        west, south, east, north = bbox
+        if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+            raise ConfigError(
+                f"{key}.bbox: {bbox} is not [west, south, east, north] in degrees "
+                "with west < east, south < north"
+            )
+        max_tiles = cfg.get("download", {}).get("max_tiles", 16)
+        n_tiles = len(tiles_for_bbox(bbox)) if region["source"] == "usgs3dep" else 0
+        if n_tiles > max_tiles:
+            raise ConfigError(
+                f"{key}.bbox: {bbox} needs {n_tiles} tiles of 1 x 1 degree, more than "
+                f"download.max_tiles ({max_tiles}); check the bbox, or raise download.max_tiles"
+            )
+    try:
+        if region["source"] == "synthetic":
+            SyntheticParams.from_config(region["synthetic"], region["resolution_m"])
+        elif region["source"] == "scene":
+            scene = SceneParams.from_config(region["scene"], region["resolution_m"])
+            for donor in scene.donors:
+                other = cfg["regions"].get(donor)
+                if other is None or other["role"] not in ROLES_WITH_LABELS or other["source"] == "scene":
+                    raise ConfigError(
+                        f"scene.donors: {donor!r} is not a labelled region (role train or test, not a scene)"
+                    )
+    except ConfigError as err:
+        raise ConfigError(f"{key}.{err}") from err
+
+
 def check_consistency(cfg: Mapping[str, Any]) -> None:
     """Checks across keys and sections that JSON schema cannot express; ConfigError naming the key."""
     check_sections(cfg)
     for name, region in cfg["regions"].items():
-        key = f"regions.{name}"
-        if region["source"] == "file" and "dem" not in region:
-            raise ConfigError(f"{key}.dem: required for source 'file' (a DEM path or a list of paths)")
-        if region["source"] == "synthetic" and "dem" in region:
-            raise ConfigError(f"{key}.dem: not used with source 'synthetic'; remove it or use source 'file'")
-        if region["source"] != "synthetic" and "synthetic" in region:
-            raise ConfigError(f"{key}.synthetic: only allowed with source 'synthetic'")
-        if region["source"] == "synthetic":
-            for field in ("crs", "bbox", "nodata"):
-                if field in region:
-                    raise ConfigError(
-                        f"{key}.{field}: not used with source 'synthetic' (set synthetic.crs / size instead)"
-                    )
-        if region["source"] != "usgs3dep" and "product" in region:
-            raise ConfigError(f"{key}.product: only used with source 'usgs3dep'")
-        if region["source"] == "usgs3dep" and "dem" in region:
-            raise ConfigError(
-                f"{key}.dem: not used with source 'usgs3dep' (the tiles covering bbox are downloaded); "
-                "remove it, or use source 'file' for your own files"
-            )
-        if region["source"] == "usgs3dep" and "bbox" not in region:
-            raise ConfigError(
-                f"{key}.bbox: required for source 'usgs3dep' ([west, south, east, north] in degrees; "
-                "it chooses the tiles to download)"
-            )
-        if region["role"] in ROLES_WITH_LABELS and "labels" not in region:
-            raise ConfigError(
-                f"{key}.labels: required for role '{region['role']}' (a vector file or 'synthetic')"
-            )
-        if region.get("labels") == "synthetic" and region["source"] != "synthetic":
-            raise ConfigError(f"{key}.labels: 'synthetic' labels need source 'synthetic'")
-        bbox = region.get("bbox")
-        if bbox is not None:
-            west, south, east, north = bbox
-            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-                raise ConfigError(
-                    f"{key}.bbox: {bbox} is not [west, south, east, north] in degrees "
-                    "with west < east, south < north"
-                )
-            max_tiles = cfg.get("download", {}).get("max_tiles", 16)
-            n_tiles = len(tiles_for_bbox(bbox)) if region["source"] == "usgs3dep" else 0
-            if n_tiles > max_tiles:
-                raise ConfigError(
-                    f"{key}.bbox: {bbox} needs {n_tiles} tiles of 1 x 1 degree, more than "
-                    f"download.max_tiles ({max_tiles}); check the bbox, or raise download.max_tiles"
-                )
-        if region["source"] == "synthetic":
-            try:
-                SyntheticParams.from_config(region["synthetic"], region["resolution_m"])
-            except ConfigError as err:
-                raise ConfigError(f"{key}.{err}") from err
+        _check_source(f"regions.{name}", region)
+        _check_region(f"regions.{name}", region, cfg)
     folds_from_config(cfg)  # the crossval section: regions exist and are labelled, enough folds
 
 
