@@ -45,6 +45,12 @@ LABELS = EXAMPLE / "mauna_kea_cones.geojson"
 #: The Mauna Kea regions of the recipe, replaced by their masked copies in each fold.
 RECIPE_MK = ("mauna_kea_30", "mauna_kea_90")
 TEST = {"mk_test_30": 30, "mk_test_90": 90}
+#: Scenes the network never trains on (role test), out-of-sample candidates for the second stage.
+HELD_OUT_SCENES = {
+    f"heldout_{ground}_{res}": (ground, res)
+    for ground in ("donor", "plain", "hills", "coast")
+    for res in (30, 90)
+}
 
 
 def grid_of(resolution_m: float, workdir: Path) -> tuple[rasterio.Affine, Any, int, int]:
@@ -103,6 +109,20 @@ def fold_config(fold_dir: Path, seed: int) -> Path:
             "labels": str(LABELS),
             "radius_field": "radius_m",
         }
+    for i, (name, (ground, res)) in enumerate(HELD_OUT_SCENES.items()):
+        cfg["regions"][name] = {
+            "source": "scene",
+            "role": "test",
+            "labels": "synthetic",
+            "resolution_m": res,
+            "scene": {
+                "seed": 900 + i,
+                "ground": ground,
+                "donors": ["mauna_kea_30"],
+                "width_px": 300,
+                "height_px": 300,
+            },
+        }
     cfg.setdefault("train", {})["seed"] = seed
     out = fold_dir / "config.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -113,6 +133,8 @@ def run_fold(fold_dir: Path, seed: int, cores: int) -> None:
     config = fold_config(fold_dir, seed)
     targets = [f"results/cones/{n}.gpkg" for n in TEST] + [f"results/baseline/{n}.gpkg" for n in TEST]
     targets += [f"results/predictions/{n}.tif" for n in TEST] + [f"results/masks/{n}.tif" for n in TEST]
+    targets += [f"results/predictions/{n}.tif" for n in HELD_OUT_SCENES]
+    targets += [f"results/masks/{n}.tif" for n in HELD_OUT_SCENES]
     cmd = [
         sys.executable,
         "-m",

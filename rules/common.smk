@@ -317,7 +317,7 @@ def all_outputs(wildcards):
         targets += expand(paths.METRICS, region=LABELLED)
         targets += expand(paths.FIGURE, region=LABELLED, figure="errors")
         if LABELLED:
-            targets.append(paths.METRICS_SUMMARY)
+            targets += [paths.METRICS_SUMMARY, paths.MISSES_SUMMARY]
     if FOLDS:
         targets += crossval_outputs(wildcards)
     return targets

@@ -47,6 +47,11 @@ rule metrics_summary:
             caption="../report/metrics_summary.rst",
             category="Accuracy",
         ),
+        misses=report(
+            paths.MISSES_SUMMARY,
+            caption="../report/misses.rst",
+            category="Accuracy",
+        ),
     log:
         paths.log("metrics_summary", "all"),
     benchmark:

@@ -303,13 +303,20 @@ def test_all_nodata_and_geographic_dem_fail_with_one_line(tmp_path):
 # --------------------------------------------------------------------------- output layer
 
 
+def back_crs(dem):
+    with rasterio.open(dem) as ds:
+        return ds.crs
+
+
 def test_run_baseline_writes_the_contract_layer(tmp_path):
     x, y = _xy()
     z = _ground(seed=5) + _cone(x, y, *_at(90, 100), 350.0) + _cone(x, y, *_at(180, 170), 500.0)
     dem = _write(tmp_path / "dem.tif", z)
     out = tmp_path / "out" / "baseline.gpkg"
     returned = run_baseline(dem, out, BaselineSettings(), region="twin")
-    assert pyogrio.list_layers(out)[:, 0].tolist() == ["cones"]
+    assert pyogrio.list_layers(out)[:, 0].tolist() == ["cones", "rejected"]
+    rejected = gpd.read_file(out, layer="rejected")
+    assert set(rejected.columns) == {"reason", "score", "geometry"} and rejected.crs == back_crs(dem)
     back = gpd.read_file(out, layer="cones")
     assert list(back.columns) == [*CONE_COLUMNS, *EXTRA_COLUMNS, "geometry"]
     assert len(back) == len(returned) == 2

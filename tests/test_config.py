@@ -238,7 +238,8 @@ def test_the_reference_lists_every_key_of_every_section() -> None:
         "| `relief_exaggeration` | list of number or null | exactly 2 items; each ≥ 0.1 and ≤ 10 | `null` |"
         in (chunks["train"])
     )
-    assert "| `source` | string | one of `synthetic`, `scene`, `file`, `usgs3dep` | required |" in chunks["regions"]
+    source_row = "| `source` | string | one of `synthetic`, `scene`, `file`, `usgs3dep` | required |"
+    assert source_row in chunks["regions"]
 
 
 # Every settings class: its fields are its schema section's keys, with the schema's defaults. The

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
 from cinderseg.assess.matching import MatchResult, cone_circles, match_by_iou, match_cones, object_metrics
+from cinderseg.assess.misses import loss_stages, loss_table, read_rejected
 from cinderseg.assess.pixels import (
     GDAL_CACHE_BYTES,
     in_crs,
@@ -135,6 +136,23 @@ def valid_at(
     return out
 
 
+def counted(
+    gdf: gpd.GeoDataFrame,
+    mask_path: str | os.PathLike[str],
+    transform: Any,
+    settings: EvaluateSettings,
+    *,
+    region: str = "",
+    area: Window | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which cones (in the mask's CRS) have their centre on a valid mask pixel, and which of those
+    are scored: in ``area`` too when one is given."""
+    x, y, _ = cone_circles(gdf)
+    valid = valid_at(mask_path, x, y, region=region, block_px=settings.block_px)
+    scored = valid & points_in_block(x, y, transform, area) if area is not None else valid
+    return valid, scored
+
+
 def evaluate_objects(
     true_gdf: gpd.GeoDataFrame,
     pred_gdf: gpd.GeoDataFrame,
@@ -159,14 +177,8 @@ def evaluate_objects(
         crs, transform = mask.crs, mask.transform
     true_gdf = in_crs(true_gdf, crs, what("labels", region)).reset_index(drop=True)
     pred_gdf = in_crs(pred_gdf, crs, what("predicted cones", region)).reset_index(drop=True)
-    tx, ty, _ = cone_circles(true_gdf)
-    px, py, _ = cone_circles(pred_gdf)
-    t_cnt = valid_at(mask_path, tx, ty, region=region, block_px=settings.block_px)
-    p_cnt = valid_at(mask_path, px, py, region=region, block_px=settings.block_px)
-    t_valid, p_valid = t_cnt, p_cnt
-    if area is not None:
-        t_cnt = t_cnt & points_in_block(tx, ty, transform, area)
-        p_cnt = p_cnt & points_in_block(px, py, transform, area)
+    t_valid, t_cnt = counted(true_gdf, mask_path, transform, settings, region=region, area=area)
+    p_valid, p_cnt = counted(pred_gdf, mask_path, transform, settings, region=region, area=area)
     match = match_cones(true_gdf, pred_gdf, settings)
     objects = object_metrics(true_gdf, pred_gdf, match, settings, true_counted=t_cnt, pred_counted=p_cnt)
     by_iou = match_by_iou(true_gdf, pred_gdf, settings.iou_threshold)
@@ -220,6 +232,45 @@ def _header(
     return result
 
 
+def _misses(
+    labels: gpd.GeoDataFrame,
+    cones_path: str | os.PathLike[str],
+    match: MatchResult,
+    mask_path: str | os.PathLike[str],
+    settings: EvaluateSettings,
+    *,
+    region: str,
+    area: Window | None,
+    probability_path: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """The ``misses`` block of a method: how many missed cones each stage lost
+    (:mod:`cinderseg.assess.misses`) and, per missed cone, its label index, centre and stage."""
+    with open_raster(mask_path, what=what("mask", region)) as mask:
+        crs, transform = mask.crs, mask.transform
+    truth = in_crs(labels, crs, what("labels", region)).reset_index(drop=True)
+    cones = in_crs(read_cones(cones_path, what=what("cones", region)), crs, what("cones", region))
+    _, scored = counted(truth, mask_path, transform, settings, region=region, area=area)
+    stages = loss_stages(
+        truth,
+        cones,
+        read_rejected(cones_path, crs),
+        match,
+        scored,
+        probability_path=probability_path,
+        threshold=threshold,
+    )
+    x, y, r = cone_circles(truth)
+    return {
+        "by_stage": loss_table(stages),
+        "cones": [
+            {"label": i, "x": float(x[i]), "y": float(y[i]), "radius_m": float(r[i]), "stage": stage}
+            for i, stage in enumerate(stages)
+            if stage is not None
+        ],
+    }
+
+
 def _baseline_blocks(
     network: Mapping[str, Any],
     labels: gpd.GeoDataFrame,
@@ -233,9 +284,10 @@ def _baseline_blocks(
     """The ``baseline`` block ({pixel, objects} of the baseline's cones, scored like the network's)
     and ``network_minus_baseline_f1`` ({pixel, objects, at_least_min_diameter})."""
     base = read_cones(baseline_path, what=what("baseline cones", region))
-    base_objects, _ = evaluate_objects(labels, base, mask_path, settings, region=region, area=area)
+    base_objects, match = evaluate_objects(labels, base, mask_path, settings, region=region, area=area)
     pixel = pixel_metrics_from_polygons(base, mask_path, region=region, block_px=settings.block_px, area=area)
-    ref = {"pixel": pixel, "objects": base_objects}
+    misses = _misses(labels, baseline_path, match, mask_path, settings, region=region, area=area)
+    ref = {"pixel": pixel, "objects": base_objects, "misses": misses}
     return {
         "baseline": ref,
         "network_minus_baseline_f1": {
@@ -331,6 +383,17 @@ def evaluate_region(
     else:
         result["pixel"] = pixel_metrics_from_polygons(cones, mask_path, **where)
     result["objects"], match = evaluate_objects(labels, cones, mask_path, settings, region=region, area=area)
+    result["misses"] = _misses(
+        labels,
+        cones_path,
+        match,
+        mask_path,
+        settings,
+        region=region,
+        area=area,
+        probability_path=probability_path,
+        threshold=threshold,
+    )
     if baseline_path is not None:
         result.update(
             _baseline_blocks(result, labels, baseline_path, mask_path, settings, region=region, area=area)
@@ -435,4 +498,38 @@ def summarize_metrics(
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     with atomic_write(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
+    return table
+
+
+MISSES_COLUMNS = ("region", "role", "method", "stage", "n_cones")
+
+
+def summarize_misses(
+    json_paths: Iterable[str | os.PathLike[str]], out_csv: str | os.PathLike[str]
+) -> pd.DataFrame:
+    """One CSV row per region, method and stage: how many missed labelled cones that stage lost
+    (the ``misses`` blocks of the evaluate JSON files). Written atomically; returns the table."""
+    rows = []
+    for path in json_paths:
+        p = check_input_file(path, what="metrics")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            for method, block in (("network", data), ("baseline", data.get("baseline") or {})):
+                for stage, n in ((block.get("misses") or {}).get("by_stage") or {}).items():
+                    rows.append(
+                        {
+                            "region": data["region"],
+                            "role": data.get("role", ""),
+                            "method": method,
+                            "stage": stage,
+                            "n_cones": int(n),
+                        }
+                    )
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(
+                f"metrics: {p} is not an evaluate metrics file ({type(err).__name__}: {err})"
+            ) from err
+    table = pd.DataFrame(rows, columns=list(MISSES_COLUMNS))
+    with atomic_write(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
     return table

@@ -26,7 +26,7 @@ import shapely
 from rasterio.windows import Window
 from scipy import ndimage
 
-from cinderseg.cones.detector import BaselineSettings, detect_cones
+from cinderseg.cones.detector import BaselineSettings, chosen, detect_cones
 from cinderseg.cones.morphometry import cone_attributes
 from cinderseg.cones.outline import read_padded, suppress_overlaps
 from cinderseg.cones.verifier import Verifier
@@ -75,6 +75,10 @@ FEATURES: tuple[str, ...] = (
     "height_over_best",
     "diameter_over_largest",
     "diameter_over_smallest",
+    "baseline_choice",
+    "outline_roundness",
+    "outline_relief_m",
+    "outline_flank_deg",
 )
 N_RAYS = 32
 #: Context rings, in basal radii from the centre: the base ring (plane fit) and the surroundings.
@@ -127,6 +131,15 @@ def _pool(network: gpd.GeoSeries, detector: gpd.GeoDataFrame) -> gpd.GeoDataFram
             "from_network": np.concatenate([from_network, np.ones(len(extra), dtype=bool)]),
             "from_detector": np.concatenate([np.ones(n_det, dtype=bool), np.zeros(len(extra), dtype=bool)]),
             "log_score_m": np.concatenate([detector["score"].to_numpy(dtype=float), np.zeros(len(extra))]),
+            **{
+                name: np.concatenate([detector[column].to_numpy(dtype=float), np.full(len(extra), fill)])
+                for name, column, fill in (
+                    ("baseline_choice", "baseline_choice", 0.0),
+                    ("outline_roundness", "roundness", np.nan),
+                    ("outline_relief_m", "relief_m", np.nan),
+                    ("outline_flank_deg", "flank_slope_deg", np.nan),
+                )
+            },
         },
         geometry=gpd.GeoSeries(det_geoms + extra, crs=detector.crs if n_det else network.crs),
     )
@@ -139,7 +152,10 @@ def propose(
     network's objects (:func:`cinderseg.cones.network.network_objects`, the DEM's CRS). Polygons in
     the DEM's CRS with ``from_network``, ``from_detector`` and the detector's ``log_score_m``."""
     detector = detect_cones(dem_path, BaselineSettings.from_config(LOOSE_BASELINE), region=region)
-    detector = detector[drop_duplicates(list(detector.geometry), detector["score"].to_numpy())]
+    detector["baseline_choice"] = chosen(detector, BaselineSettings()).astype(float)
+    # the classical detector's own choice outranks any duplicate of it
+    rank = detector["score"].to_numpy() + 1e6 * detector["baseline_choice"].to_numpy()
+    detector = detector[drop_duplicates(list(detector.geometry), rank)]
     cands = _pool(network, detector.reset_index(drop=True))
     log.info(
         "%s: %d candidates (%d from the detector, %d of them also from the network; %d from the network "
@@ -279,6 +295,8 @@ def candidate_features(
     feats["probability_max"] = cones["probability_max"].to_numpy(dtype=float)
     feats["from_network"] = cands["from_network"].to_numpy(dtype=float)
     feats["from_detector"] = cands["from_detector"].to_numpy(dtype=float)
+    for name in ("baseline_choice", "outline_roundness", "outline_relief_m", "outline_flank_deg"):
+        feats[name] = cands[name].to_numpy(dtype=float)
     prob_ds = (
         open_raster(probability_path, what=what("probability raster", region)) if probability_path else None
     )

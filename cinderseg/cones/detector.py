@@ -271,6 +271,58 @@ def _roundness(xy: np.ndarray) -> float:
 # --------------------------------------------------------------------------- detection
 
 
+def passes(settings: BaselineSettings, diameter_m: float, roundness: float, flank_deg: float) -> bool:
+    """The detector's shape filters: basal diameter, roundness and mean flank slope in range."""
+    return (
+        settings.min_diameter_m <= diameter_m <= settings.max_diameter_m
+        and roundness >= settings.min_roundness
+        and settings.min_flank_slope_deg <= flank_deg <= settings.max_flank_slope_deg
+    )
+
+
+def _rejection(
+    settings: BaselineSettings, relief_m: float, diameter_m: float, roundness: float, flank_deg: float
+) -> str:
+    """Why the filters reject an outline ('' when they keep it)."""
+    if relief_m < settings.min_relief_m:
+        return "too low"
+    if not settings.min_diameter_m <= diameter_m <= settings.max_diameter_m:
+        return "diameter out of range"
+    if roundness < settings.min_roundness:
+        return "not round"
+    if not settings.min_flank_slope_deg <= flank_deg <= settings.max_flank_slope_deg:
+        return "flank slope out of range"
+    return ""
+
+
+def chosen(detections: gpd.GeoDataFrame, settings: BaselineSettings) -> np.ndarray:
+    """Which of a looser detection's outlines (:func:`detect_cones` columns) ``settings`` would keep:
+    its response, relief and shape filters, then its overlap suppression (strongest first)."""
+    ok = np.array(
+        [
+            score >= settings.min_response_m
+            and relief >= settings.min_relief_m
+            and passes(settings, 2.0 * math.sqrt(geom.area / math.pi), roundness, flank)
+            for geom, score, relief, roundness, flank in zip(
+                detections.geometry,
+                detections["score"],
+                detections["relief_m"],
+                detections["roundness"],
+                detections["flank_slope_deg"],
+                strict=True,
+            )
+        ],
+        dtype=bool,
+    )
+    order = [i for i in np.argsort(-detections["score"].to_numpy(), kind="stable") if ok[i]]
+    taken = suppress_overlaps(
+        [detections.geometry.iloc[i] for i in order], range(len(order)), settings.max_overlap
+    )
+    out = np.zeros(len(detections), dtype=bool)
+    out[np.asarray(order, dtype=np.int64)[taken]] = True
+    return out
+
+
 @dataclass(frozen=True)
 class _Detection:
     polygon: shapely.Polygon
@@ -286,29 +338,29 @@ def _block_detections(
     scales: _Scales,
     settings: BaselineSettings,
     ds: rasterio.DatasetReader,
+    rejected: list[tuple[shapely.Polygon, str, float]] | None = None,
 ) -> tuple[list[_Detection], int]:
-    """Filtered detections whose centre lies in the block's core, and the number of candidates."""
+    """Filtered detections whose centre lies in the block's core, and the number of candidates;
+    outlines the filters reject go to ``rejected`` (polygon, reason, response) when it is a list."""
     res = abs(ds.transform.a)
     found: list[_Detection] = []
     cands = _candidates(z, valid, halo, scales, settings.min_response_m)
     for cand in cands:
         r0 = float(scales.sigma[cand.scale]) / SIGMA_PER_RADIUS
         out = outline_at(z, valid, cand.row, cand.col, r0)
-        if out is None or out.valid_fraction < 0.5 or out.height < settings.min_relief_m:
+        if out is None or out.valid_fraction < 0.5:
             continue
         row, col = origin[0] + cand.row, origin[1] + cand.col
         poly = outline_polygon(out, row, col, ds.transform)
-        xy = np.asarray(poly.exterior.coords)[:-1]
         if not poly.is_valid or poly.area <= 0:
             continue
         diameter = 2.0 * math.sqrt(poly.area / math.pi)
-        if not settings.min_diameter_m <= diameter <= settings.max_diameter_m:
-            continue
-        roundness = _roundness(xy)
-        if roundness < settings.min_roundness:
-            continue
+        roundness = _roundness(np.asarray(poly.exterior.coords)[:-1])
         flank = math.degrees(math.atan(2.0 * out.height / diameter))
-        if not settings.min_flank_slope_deg <= flank <= settings.max_flank_slope_deg:
+        reason = _rejection(settings, out.height, diameter, roundness, flank)
+        if reason:
+            if rejected is not None:
+                rejected.append((poly, reason, cand.score))
             continue
         values = (cand.score, r0 * res, out.height, roundness, flank)
         found.append(_Detection(poly, (-cand.score, row, col), values))
@@ -320,8 +372,12 @@ def detect_cones(
     settings: BaselineSettings,
     *,
     region: str = "",
+    rejected: list[tuple[shapely.Polygon, str, float]] | None = None,
 ) -> gpd.GeoDataFrame:
     """Cone outlines found by the classical detector in a DEM (projected CRS in metres).
+
+    ``rejected``, when a list, receives (polygon, reason, response) of every outline the filters or
+    the overlap suppression rejected.
 
     Returns polygons in the DEM's CRS, strongest first, with :data:`DETECTION_COLUMNS`: ``score``
     (LoG response, m), ``scale_radius_m`` (basal radius matched by the responding scale),
@@ -345,7 +401,7 @@ def detect_cones(
             n_valid += n_core
             if n_core == 0:
                 continue
-            block, n = _block_detections(z, valid, (top, left), halo, scales, settings, ds)
+            block, n = _block_detections(z, valid, (top, left), halo, scales, settings, ds, rejected)
             found.extend(block)
             n_cand += n
         if n_valid == 0:
@@ -354,6 +410,12 @@ def detect_cones(
     order = sorted(range(len(found)), key=lambda i: found[i].key)  # strongest first
     taken = suppress_overlaps([d.polygon for d in found], order, settings.max_overlap)
     kept = [found[i] for i in order if taken[i]]
+    if rejected is not None:
+        rejected.extend(
+            (found[i].polygon, "overlaps a stronger detection", -found[i].key[0])
+            for i in order
+            if not taken[i]
+        )
     data = {
         name: np.array([d.values[i] for d in kept], dtype=np.float64)
         for i, name in enumerate(DETECTION_COLUMNS)

@@ -32,6 +32,8 @@ METRICS = f"{RESULTS}/metrics/{{region}}.json"
 FIGURE = f"{RESULTS}/figures/{{region}}/{{figure}}.png"
 CONE_FIGURES = ("size_frequency", "height_vs_diameter", "cone_map")
 METRICS_SUMMARY = f"{RESULTS}/metrics/summary.csv"
+#: Where each method lost the labelled cones it missed, per region (cinderseg.assess.misses).
+MISSES_SUMMARY = f"{RESULTS}/metrics/misses.csv"
 
 # The model trained by the workflow ({model}: model.name) and its files ({file}: one of MODEL_FILES).
 MODEL_DIR = f"{RESULTS}/models/{{model}}"
