@@ -307,7 +307,7 @@ def candidate_features(
             for i, geom in enumerate(cones.geometry):
                 radius_px = math.sqrt(geom.area / math.pi) / res
                 cx, cy = geom.centroid.x, geom.centroid.y
-                col_f, row_f = inv * (cx, cy)
+                col_f, row_f = inv @ (cx, cy)
                 reach = math.ceil(SURROUND_RING[1] * radius_px) + 2
                 win = Window(int(col_f), int(row_f), 1, 1)
                 z, valid, top, left = read_padded(dem, win, reach)

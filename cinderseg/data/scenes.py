@@ -131,7 +131,7 @@ def _label_pixels(labels: gpd.GeoDataFrame, transform: affine.Affine, crs: CRS) 
     geoms = labels.to_crs(crs).geometry
     res = abs(transform.a)
     inv = ~transform
-    cols, rows = inv * (geoms.centroid.x.to_numpy(), geoms.centroid.y.to_numpy())
+    cols, rows = inv @ (geoms.centroid.x.to_numpy(), geoms.centroid.y.to_numpy())
     radius = np.sqrt(geoms.area.to_numpy() / math.pi) / res
     return np.column_stack([np.asarray(rows) - 0.5, np.asarray(cols) - 0.5, radius])
 
@@ -261,7 +261,7 @@ def resample_shape(
     centre = (src.shape[0] - 1) / 2
     rows, cols = centre - u * sa + v * ca, centre + u * ca + v * sa
     out = ndimage.map_coordinates(src, [rows, cols], order=3, mode="constant", cval=0.0)
-    return (out * (height_m / top)).astype(F32)
+    return (out * (height_m / max(float(out.max()), 1e-6 * top))).astype(F32)
 
 
 def paste(z: np.ndarray, relief: np.ndarray, row: float, col: float) -> None:

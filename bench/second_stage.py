@@ -1,0 +1,151 @@
+"""The learned second stage, fitted and scored on out-of-fold candidates of the recipe's folds.
+
+Run after ``python -m bench.recipe_folds`` (same ``--workdir`` and ``--seed``). Every fold's model has
+mapped the whole of Mauna Kea (30 and 90 m) and eight held-out composite scenes it never trained on.
+Candidates (:func:`cinderseg.cones.candidates.propose`) of those maps are labelled cone / not cone by
+the matching's criterion. For fold k the verifier is fitted on
+
+- the Mauna Kea candidates of every other fold j inside its own held-out block j (out-of-fold: the
+  network that scored them never saw block j), and
+- fold k's held-out scenes (built from Mauna Kea without block k),
+
+and scores fold k's candidates of the whole volcano; the cones it keeps are written to
+``<fold>/second_stage/<region>.gpkg``, which ``recipe_folds --score-only`` then scores on block k beside
+the network and the baseline. ``--ship PATH`` also fits one verifier on all folds' out-of-fold
+candidates and all held-out scenes and writes it to PATH (the shipped ``verifier.json``).
+
+    python -m bench.second_stage --workdir bench/work/recipe_folds --seed 42 \
+        [--ship cinderseg/pretrained/verifier.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+
+from bench.recipe_folds import HELD_OUT_SCENES, LABELS, REPO, TEST
+from cinderseg.assess.matching import cone_circles
+from cinderseg.cones.candidates import CANDIDATE_THRESHOLD, FEATURES, candidate_features, propose
+from cinderseg.cones.morphometry import write_cone_layer
+from cinderseg.cones.network import network_objects
+from cinderseg.cones.outline import suppress_overlaps
+from cinderseg.cones.settings import VectorizeSettings
+from cinderseg.cones.verifier import Verifier, fit_verifier
+from cinderseg.core.grid import points_in_block
+from cinderseg.data.folds import block_grid
+from cinderseg.data.mask import load_labels
+
+
+def candidates(fold_dir: Path, name: str) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
+    """The candidates of a region mapped by the fold's model, with their features (cached)."""
+    cache = fold_dir / "second_stage" / f"{name}_candidates.parquet"
+    if cache.exists():
+        table = gpd.read_parquet(cache)
+        return table, table[list(FEATURES)]
+    dem = fold_dir / f"results/dem/{name}.tif"
+    prob = fold_dir / f"results/predictions/{name}.tif"
+    net, _ = network_objects(prob, dem, VectorizeSettings.from_config({"threshold": CANDIDATE_THRESHOLD}))
+    cones, feats = candidate_features(propose(dem, net), dem, prob)
+    table = gpd.GeoDataFrame(feats.reset_index(drop=True), geometry=cones.geometry.values, crs=cones.crs)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(cache)
+    return table, feats
+
+
+def truth_of(fold_dir: Path, name: str, crs: object) -> gpd.GeoDataFrame:
+    if name in TEST:
+        return load_labels(LABELS, target_crs=crs, radius_field="radius_m")
+    return gpd.read_file(fold_dir / f"results/synthetic/{name}_cones.gpkg").to_crs(crs)
+
+
+def positives(cands: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> np.ndarray:
+    """True where a candidate is an admissible match of a true cone (centre <= r_min, |dr| <= r_min / 2)."""
+    px, py, pr = cone_circles(cands)
+    tx, ty, tr = cone_circles(truth)
+    if not len(tx) or not len(px):
+        return np.zeros(len(px), dtype=bool)
+    rmin = np.minimum(pr[:, None], tr[None])
+    d = np.hypot(px[:, None] - tx[None], py[:, None] - ty[None])
+    return ((d <= rmin) & (np.abs(pr[:, None] - tr[None]) <= 0.5 * rmin)).any(axis=1)
+
+
+def labelled(
+    fold_dir: Path, name: str, k: int | None, grid: tuple[int, int]
+) -> tuple[gpd.GeoDataFrame, np.ndarray, np.ndarray]:
+    """A region's candidates of a fold, their labels, and which lie in block ``k`` (all if None)."""
+    cands, _ = candidates(fold_dir, name)
+    y = positives(cands, truth_of(fold_dir, name, cands.crs))
+    inside = np.ones(len(cands), dtype=bool)
+    if k is not None:
+        with rasterio.open(fold_dir / f"results/dem/{name}.tif") as ds:
+            block = block_grid(ds.height, ds.width, *grid)[k - 1]
+            px, py, _ = cone_circles(cands)
+            inside = points_in_block(px, py, ds.transform, block)
+    return cands, y, inside
+
+
+def keep(cands: gpd.GeoDataFrame, verifier: Verifier) -> gpd.GeoDataFrame:
+    """The candidates the verifier keeps, highest score first, no two overlapping by more than 30 %."""
+    score = verifier.probability(cands)
+    order = np.argsort(-score, kind="stable")
+    above = order[score[order] >= verifier.threshold]
+    taken = suppress_overlaps([cands.geometry.iloc[i] for i in above], range(len(above)), 0.3)
+    out = cands.iloc[above[taken]].copy()
+    out["second_stage_score"] = score[above[taken]]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work" / "recipe_folds")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--grid", type=int, nargs=2, default=(2, 2))
+    parser.add_argument("--ship", type=Path, help="also fit the verifier on every fold and write it here")
+    args = parser.parse_args(argv)
+    root = args.workdir.resolve() / f"seed{args.seed}"
+    folds = sorted(int(p.name[4:]) for p in root.glob("fold*") if (p / "results" / "models").exists())
+    oof: dict[int, list[pd.DataFrame]] = {}
+    scenes: dict[int, list[pd.DataFrame]] = {}
+    for k in folds:
+        fold_dir = root / f"fold{k}"
+        oof[k] = []
+        for name in TEST:
+            cands, y, inside = labelled(fold_dir, name, k, tuple(args.grid))
+            oof[k].append(cands[inside].assign(_y=y[inside]))
+        scenes[k] = [
+            c.assign(_y=y)
+            for c, y, _ in (labelled(fold_dir, n, None, tuple(args.grid)) for n in HELD_OUT_SCENES)
+        ]
+    for k in folds:
+        train = pd.concat([t for j in folds if j != k for t in oof[j]] + scenes[k], ignore_index=True)
+        verifier = fit_verifier(train, train["_y"].to_numpy(), FEATURES, seed=args.seed)
+        fold_dir = root / f"fold{k}"
+        for name in TEST:
+            cands, _ = candidates(fold_dir, name)
+            kept = keep(cands, verifier)
+            write_cone_layer(
+                kept[["second_stage_score", "geometry"]], fold_dir / "second_stage" / f"{name}.gpkg"
+            )
+        print(f"fold {k}: verifier fitted on {len(train)} candidates ({int(train['_y'].sum())} cones)")
+    if args.ship:
+        train = pd.concat([t for k in folds for t in oof[k] + scenes[k]], ignore_index=True)
+        verifier = fit_verifier(
+            train,
+            train["_y"].to_numpy(),
+            FEATURES,
+            seed=args.seed,
+            meta={
+                "trained_on": f"out-of-fold candidates of {len(folds)} Mauna Kea folds and held-out scenes"
+            },
+        )
+        verifier.to_json(args.ship)
+        print(f"verifier fitted on {len(train)} candidates ({int(train['_y'].sum())} cones) -> {args.ship}")
+
+
+if __name__ == "__main__":
+    main()
