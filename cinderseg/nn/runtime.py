@@ -79,7 +79,7 @@ def without_start_up_noise(text: str, *, driver: bool) -> str:
 
 
 @contextlib.contextmanager
-def _stderr_filtered() -> Iterator[None]:
+def filtered_stderr() -> Iterator[None]:
     """Capture file descriptor 2 in a temporary file; write it back without the start-up noise (or
     unfiltered if the block raised)."""
     sys.stderr.flush()
@@ -113,7 +113,7 @@ class _QuietLoader(importlib.abc.Loader):
         module.__loader__ = self.loader  # the real loader from now on (resources, reloads)
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
-        with _stderr_filtered():
+        with filtered_stderr():
             self.loader.exec_module(module)
             module.config.list_physical_devices("GPU")  # CUDA's start-up, within the capture
 

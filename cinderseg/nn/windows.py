@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,11 +42,14 @@ import rasterio
 from rasterio.windows import Window
 
 from cinderseg.core.raster import BLOCK_PX, NODATA_FLOAT
-from cinderseg.nn.encoders import DOWNSAMPLING
 
 if TYPE_CHECKING:
-    from cinderseg.nn.predict import Predictor
+    from cinderseg.nn.predict import Network
     from cinderseg.nn.settings import PredictSettings
+
+DOWNSAMPLING = 32
+"""The U-Net halves a window 5 times: window sides are multiples of this
+(:data:`cinderseg.nn.encoders.DOWNSAMPLING`, repeated here so that prediction need not import Keras)."""
 
 MIN_WINDOW_PX = 64
 """The smallest window side (the schema's minimum of ``predict.window_px``)."""
@@ -122,9 +126,13 @@ class StripWriter:
 
     Rows ``[base, base + capacity)`` of the raster are held; :meth:`flush` writes the rows before a
     given one in whole output-block rows (the last chunk may be partial) and moves the strip down.
+    With an ``executor`` (one thread) the rows are written there while the caller goes on; call
+    :meth:`wait` before closing the output.
     """
 
-    def __init__(self, dst: rasterio.io.DatasetWriter, capacity: int, block: int) -> None:
+    def __init__(
+        self, dst: rasterio.io.DatasetWriter, capacity: int, block: int, executor: Executor | None = None
+    ) -> None:
         self.dst = dst
         self.block = block
         self.width = dst.width
@@ -133,14 +141,21 @@ class StripWriter:
         self.acc = np.zeros((capacity, self.width), dtype=np.float32)
         self.wsum = np.zeros((capacity, self.width), dtype=np.float32)
         self.valid = np.zeros((capacity, self.width), dtype=bool)
+        self.scratch = np.empty(0, dtype=np.float32)
         self.valid_pixels = 0
         self.uncovered_pixels = 0
+        self.executor = executor
+        self.pending: list[Future[None]] = []
 
     def add(self, row: int, col: int, prob: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> None:
         """Add one window's probabilities (clipped to the raster) with its weights."""
         h, w = prob.shape
         r = row - self.base
-        self.acc[r : r + h, col : col + w] += prob * weight
+        if self.scratch.size < h * w:
+            self.scratch = np.empty(h * w, dtype=np.float32)
+        weighted = self.scratch[: h * w].reshape(h, w)
+        np.multiply(prob, weight, out=weighted)
+        self.acc[r : r + h, col : col + w] += weighted
         self.wsum[r : r + h, col : col + w] += weight
         self.valid[r : r + h, col : col + w] = valid
 
@@ -159,11 +174,27 @@ class StripWriter:
         np.clip(out, 0.0, 1.0, out=out, where=good)
         self.valid_pixels += int(good.sum())
         self.uncovered_pixels += int((valid & ~covered).sum())
-        self.dst.write(out, 1, window=Window(0, self.base, self.width, n))
+        self._write(out, Window(0, self.base, self.width, n))
         for buf in (self.acc, self.wsum, self.valid):
-            buf[:-n] = buf[n:].copy()
+            buf[:-n] = buf[n:]  # numpy copies overlapping ranges safely
             buf[-n:] = 0
         self.base = end
+
+    def _write(self, out: np.ndarray, window: Window) -> None:
+        if self.executor is None:
+            self.dst.write(out, 1, window=window)
+            return
+        done = [f for f in self.pending if f.done()]
+        for f in done:
+            f.result()  # a failed write raises here
+            self.pending.remove(f)
+        self.pending.append(self.executor.submit(self.dst.write, out, 1, window=window))
+
+    def wait(self) -> None:
+        """Wait for the rows being written (raising a failed write's error)."""
+        for f in self.pending:
+            f.result()
+        self.pending.clear()
 
 
 def window_batches(windows: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -224,15 +255,15 @@ def _backward(y: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
     return np.rot90(y, -turns, axes=(1, 2)) if turns else y
 
 
-def predict_windows(predictor: Predictor, x: np.ndarray, tta: str = "none") -> np.ndarray:
-    """Probabilities (B, h, w) float32 of a batch of windows ``x`` (B, h, w, C), averaged over ``tta``."""
-    out = np.zeros(x.shape[:3], dtype=np.float32)
+def predict_windows(predictor: Network, x: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Calibrated probabilities (B, h, w) float32 of a batch of windows ``x`` (B, h, w, C), averaged
+    over ``tta``."""
     transforms = tta_transforms(tta)
+    if transforms == [(0, False)]:
+        return predictor.run(np.ascontiguousarray(x, dtype=np.float32))
+    out = np.zeros(x.shape[:3], dtype=np.float32)
     for turns, mirror in transforms:
         xt = np.ascontiguousarray(_forward(x, turns, mirror), dtype=np.float32)
-        model = predictor.model_for(xt.shape[1], xt.shape[2])
-        y = predictor.calibrated(np.asarray(model.predict_on_batch(xt))[..., 0])
-        out += _backward(y, turns, mirror)
-    if len(transforms) > 1:
-        out /= len(transforms)
+        out += _backward(predictor.run(xt), turns, mirror)
+    out /= len(transforms)
     return out
