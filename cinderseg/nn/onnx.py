@@ -138,7 +138,8 @@ def export_onnx(
         except Exception as err:
             reason = " ".join(str(err).split())[:200]
             raise InputError(f"{path}: cannot export to ONNX ({type(err).__name__}: {reason})") from err
-        proto = onnx.load(str(tmp))
+        probe_x = np.random.default_rng(0).random((1, shape[0] or probe, shape[1] or probe, channels))
+        proto, changes = simplify_graph(onnx.load(str(tmp)), probe_x.astype(np.float32), any_size)
         for value in (*proto.graph.input, *proto.graph.output):
             for dim, name in zip(value.type.tensor_type.shape.dim, DIMENSIONS, strict=False):
                 if any_size or name == "batch":
@@ -153,8 +154,177 @@ def export_onnx(
             entry.key, entry.value = key, value
         proto.producer_name = f"cinderseg ({proto.producer_name} {proto.producer_version})"
         onnx.save(proto, str(tmp))
-    log.info("exported %s -> %s (%s window sizes)", path, out, "any" if any_size else "fixed")
+    log.info("exported %s -> %s (%s window sizes, %s)", path, out, "any" if any_size else "fixed", changes)
     return out
+
+
+# --------------------------------------------------------------------------- graph simplification
+
+
+def _attribute(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _prune(graph: Any) -> None:
+    """Drop nodes whose outputs nothing uses, and unused initializers."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        keep = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input}
+    initializers = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
+def _exact_upsampling(node: Any) -> bool:
+    """A ConvTranspose whose kernel equals its stride, without padding or dilation: its output is
+    exactly stride x its input, as Keras' Conv2DTranspose(padding='same') asks."""
+    kernel, strides = _attribute(node, "kernel_shape"), _attribute(node, "strides")
+    return (
+        node.op_type == "ConvTranspose"
+        and kernel is not None
+        and list(kernel) == list(strides or [])
+        and not any(_attribute(node, "pads", []))
+        and not any(_attribute(node, "output_padding", []))
+        and all(d == 1 for d in _attribute(node, "dilations", [1]))
+        and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+    )
+
+
+def _bypass_upsampling_crops(graph: Any) -> int:
+    """Remove the Slice and Pad nodes tf2onnx puts after an exact upsampling (:func:`_exact_upsampling`)
+    to reach TensorFlow's output size with any input size: they copy a tensor to its own size.
+    Returns how many were removed."""
+    producer = {o: n for n in graph.node for o in n.output}
+    count = 0
+    for node in list(graph.node):
+        if node.op_type not in ("Slice", "Pad") or node.input[0] not in producer:
+            continue
+        source = producer[node.input[0]]
+        while source.op_type in ("Slice", "Pad") and source.input[0] in producer:
+            source = producer[source.input[0]]
+        if _exact_upsampling(source):
+            for other in graph.node:
+                for k, name in enumerate(other.input):
+                    if name == node.output[0]:
+                        other.input[k] = node.input[0]
+            count += 1
+    _prune(graph)
+    return count
+
+
+def _split_concatenations(graph: Any) -> int:
+    """Replace each channel concatenation feeding only a convolution by one convolution per part (the
+    kernel split along its input channels) summed: the same result without the concatenated copy,
+    and ONNX Runtime fuses the sum into the blocked convolution. Returns how many were split."""
+    import collections
+
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in graph.node:
+        for name in n.input:
+            consumers[name].append(n)
+
+    def channels(tensor: str) -> int | None:
+        node = producer.get(tensor)
+        while node is not None and node.op_type in ("Relu", "Identity", "Sigmoid", "Clip"):
+            node = producer.get(node.input[0])
+        if node is None or len(node.input) < 2 or node.input[1] not in initializers:
+            return None
+        dims = initializers[node.input[1]].dims
+        if node.op_type == "Conv":
+            return int(dims[0])
+        return int(dims[1]) * _attribute(node, "group", 1) if node.op_type == "ConvTranspose" else None
+
+    nodes, count = [], 0
+    for node in graph.node:
+        users = consumers[node.output[0]] if node.op_type == "Concat" else []
+        conv = users[0] if len(users) == 1 and users[0].op_type == "Conv" else None
+        sizes = [channels(name) for name in node.input] if conv is not None else []
+        if (
+            conv is None
+            or _attribute(node, "axis") != 1
+            or conv.input[1] not in initializers
+            or _attribute(conv, "group", 1) != 1
+            or None in sizes
+            or sum(sizes) != initializers[conv.input[1]].dims[1]  # type: ignore[arg-type]
+        ):
+            nodes.append(node)
+            continue
+        kernel = numpy_helper.to_array(initializers[conv.input[1]])
+        parts = np.split(kernel, np.cumsum(sizes)[:-1], axis=1)
+        attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        total = None
+        for k, (name, part) in enumerate(zip(node.input, parts, strict=True)):
+            weight = f"{conv.input[1]}__part{k}"
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(part), weight))
+            out = f"{conv.output[0]}__part{k}"
+            inputs = [name, weight, *(conv.input[2:3] if k == 0 else [])]
+            nodes.append(helper.make_node("Conv", inputs, [out], name=f"{conv.name}__part{k}", **attributes))
+            if total is not None:
+                summed = conv.output[0] if k == len(parts) - 1 else f"{conv.output[0]}__sum{k}"
+                nodes.append(helper.make_node("Add", [total, out], [summed], name=f"{conv.name}__add{k}"))
+                out = summed
+            total = out
+        conv.output[0] += "__replaced"  # the old convolution is pruned
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _prune(graph)
+    return count
+
+
+def simplify_graph(proto: Any, probe: np.ndarray, any_size: bool) -> tuple[Any, dict[str, int]]:
+    """The converted graph without tf2onnx's no-op crops after upsamplings and with concatenations
+    folded into the convolutions that follow them (measured on the default unet_small at 1024 px:
+    peak memory 515 -> 450 MiB, 8 % less CPU time), checked on ``probe`` (and a wider window where
+    it takes any size): kept only where ONNX Runtime gives the same output within 1e-5, else the
+    graph as converted. Returns the graph and what was changed."""
+    import onnx
+
+    simplified = onnx.ModelProto()
+    simplified.CopyFrom(proto)
+    changes = {
+        "crops_removed": _bypass_upsampling_crops(simplified.graph),
+        "concatenations_split": _split_concatenations(simplified.graph),
+    }
+    if not any(changes.values()):
+        return proto, changes
+    probes = [probe]
+    if any_size:
+        probes.append(np.concatenate([probe, probe[:, :, :SIZE_MULTIPLE]], axis=2))
+    try:
+        onnx.checker.check_model(simplified)
+        before, after = (_session(p.SerializeToString()) for p in (proto, simplified))
+        for x in probes:
+            a, b = (s.run(None, {INPUT_NAME: x})[0] for s in (before, after))
+            if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-5):
+                raise ValueError(
+                    f"outputs differ by {np.abs(a - b).max() if a.shape == b.shape else a.shape}"
+                )
+    except Exception as err:
+        log.warning("ONNX export: graph left as converted (simplified graph failed its check: %s)", err)
+        return proto, {k: 0 for k in changes}
+    return simplified, changes
+
+
+def _session(model: bytes) -> onnxruntime.InferenceSession:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
 
 
 def _quiet_tf2onnx() -> None:
@@ -207,14 +377,17 @@ class OnnxPredictor:
 
 
 def session_options(threads: int) -> onnxruntime.SessionOptions:
-    """ONNX Runtime options: ``threads`` intra-op threads that do not spin, all graph optimisations."""
+    """ONNX Runtime options: ``threads`` intra-op threads that do not spin, all graph optimisations
+    (blocked NCHWc convolutions), no memory arena (measured on a 1024 px window of the default
+    unet_small: peak RSS 550 MiB without the arena, 950 with it; 30 % more CPU time without NCHWc)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc: 30 % faster
+    options.enable_cpu_mem_arena = False  # the arena keeps its peak plus rounding: 950 -> 550 MiB
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     return options

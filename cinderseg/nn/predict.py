@@ -40,36 +40,31 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.modelcard import MODEL_CARD, read_model_card
 from cinderseg.core.progress import track
-from cinderseg.core.raster import NODATA_FLOAT, atomic_write, geotiff_profile, open_raster
+from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile, open_raster
 from cinderseg.core.settings import is_int, is_number
 from cinderseg.nn.calibrate import apply_temperature
 from cinderseg.nn.onnx import OnnxPredictor, onnx_path, onnx_predictor, onnx_session, runtime_line
-from cinderseg.nn.runtime import NOTICE, nvidia_driver
+from cinderseg.nn.runtime import NOTICE, nvidia_driver, return_freed_memory
 from cinderseg.nn.settings import ModelSettings, PredictSettings
 from cinderseg.nn.windows import (
     MIN_WINDOW_PX,
-    StripWriter,
+    WindowPlan,
+    Windows,
     axis_profiles,
     axis_windows,
     effective_window,
-    overview_factors,
-    predict_windows,
-    read_window,
-    tta_transforms,
-    window_batches,
+    write_probability,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +75,10 @@ log = logging.getLogger("cinderseg")
 REFERENCE_TILE_PX = 224
 """Tile side used to express throughput as tiles/s (the tutorial's and the default training tile)."""
 
-Windows = list[tuple[int, int]]
+GDAL_CACHE_BYTES = 16 * 2**20
+"""GDAL's block cache while predicting: the features are read window by window and the output
+written row by row, so blocks are rarely read twice; more cache only grows the memory with the
+raster (the workflow's steps otherwise allow 256 MiB)."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -282,33 +280,6 @@ Network = Predictor | OnnxPredictor
 """What runs the windows: Keras (:class:`Predictor`) or ONNX Runtime (:class:`OnnxPredictor`)."""
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The windows of one raster (origin, size per row and column), their weight profiles, the window
-    shapes, and the output's GeoTIFF profile."""
-
-    rows: Windows
-    cols: Windows
-    profiles_y: list[np.ndarray]
-    profiles_x: list[np.ndarray]
-    shapes: list[tuple[int, int]]
-    profile: dict[str, Any]
-    _weights: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def windows(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-    def weight(self, i: int, j: int, h: int, w: int) -> np.ndarray:
-        """The 2-D blending weight of window (row ``i``, column ``j``) clipped to ``h`` x ``w`` px; one
-        array per kind of window (size, neighbours on each side), made once."""
-        ny, nx = len(self.rows), len(self.cols)
-        key = (self.rows[i][1], i > 0, i + 1 < ny, self.cols[j][1], j > 0, j + 1 < nx, h, w)
-        if key not in self._weights:
-            self._weights[key] = self.profiles_y[i][:h, None] * self.profiles_x[j][None, :w]
-        return self._weights[key]
-
-
 def predict_probability(
     features_path: str | os.PathLike[str],
     model: str | os.PathLike[str] | Network | keras.Model,
@@ -337,7 +308,8 @@ def predict_probability(
     if not isinstance(settings, PredictSettings):
         settings = PredictSettings.from_config(settings)  # type: ignore[arg-type]
     what = f"features of region '{region}'" if region else "features"
-    with open_raster(features_path, what=what) as ds:
+    return_freed_memory()  # memory flat in the raster's size (see there)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), open_raster(features_path, what=what) as ds:
         _check_band_names(ds, features_path, what, expected_channels)
         predictor = _predictor(model, settings, ds, expected_channels, expected_tile_size, threads)
         _check_model_bands(predictor, ds, features_path, what)
@@ -346,7 +318,7 @@ def predict_probability(
         load_s = time.perf_counter() - started
         description = f"predict {region}" if region else "predict"
         with track(description, plan.windows, unit="windows", enabled=progress, logger=NOTICE) as advance:
-            counts = _write_probability(ds, out_path, predictor, plan, settings, advance)
+            counts = write_probability(ds, out_path, predictor, plan, settings, advance)
     seconds = time.perf_counter() - started
     pixels = height * width
     stats = {
@@ -497,7 +469,7 @@ def _check_model_bands(
         log.warning("%s: %s has no band names; channel order not checked", what, features_path)
 
 
-def _plan(predictor: Network, ds: rasterio.DatasetReader, settings: PredictSettings, what: str) -> _Plan:
+def _plan(predictor: Network, ds: rasterio.DatasetReader, settings: PredictSettings, what: str) -> WindowPlan:
     """The windows, weights and output profile of raster ``ds`` (logged)."""
     height, width, window = ds.height, ds.width, predictor.window_px
     overlap, crop = settings.overlap_px, settings.crop_px
@@ -531,7 +503,7 @@ def _plan(predictor: Network, ds: rasterio.DatasetReader, settings: PredictSetti
         predictor.name,
         predictor.runtime,
     )
-    return _Plan(
+    return WindowPlan(
         rows, cols, axis_profiles(rows, overlap, crop), axis_profiles(cols, overlap, crop), shapes, profile
     )
 
@@ -560,96 +532,6 @@ def _window_grid(
                 "model %s: full-size windows at the edges (%s: %s)", predictor.name, type(err).__name__, err
             )
     return axis_windows(height, window, overlap), axis_windows(width, window, overlap)
-
-
-def _write_probability(
-    ds: rasterio.DatasetReader,
-    out_path: str | os.PathLike[str],
-    predictor: Network,
-    plan: _Plan,
-    settings: PredictSettings,
-    advance: Callable[[float], None],
-) -> dict[str, Any]:
-    """Predict every window row by row into the output GeoTIFF (atomically); counts for the stats.
-
-    One I/O thread reads the next batch of windows and writes finished rows while the network runs;
-    ``ds`` and the output are used by that thread only from the first read on."""
-    block = int(plan.profile.get("blockysize", ds.height))
-    counts = {"windows_skipped": 0, "network_calls": 0}
-    jobs = [(i, b) for i in range(len(plan.rows)) for b in window_batches(plan.cols, settings.batch_size)]
-    with (
-        atomic_write(out_path) as tmp,
-        rasterio.open(tmp, "w", **plan.profile) as dst,
-        ThreadPoolExecutor(1, thread_name_prefix="cinderseg-io") as io,
-    ):
-        dst.set_band_description(1, "probability")
-        dst.update_tags(
-            model=predictor.name,
-            channels=",".join(predictor.channels or list(ds.descriptions)),
-            window_px=str(predictor.window_px),
-            overlap_px=str(settings.overlap_px),
-            crop_px=str(settings.crop_px),
-            tta=settings.tta,
-            temperature=repr(predictor.temperature),
-        )
-        strip = StripWriter(dst, predictor.window_px + block, block, executor=io)
-        pending: Future[list[WindowRead]] | None = (
-            io.submit(_read_batch, ds, plan, *jobs[0]) if jobs else None
-        )
-        row = -1
-        for n, (i, batch) in enumerate(jobs):
-            if i != row:
-                strip.flush(plan.rows[i][0])
-                row = i
-            assert pending is not None
-            reads = pending.result()
-            pending = io.submit(_read_batch, ds, plan, *jobs[n + 1]) if n + 1 < len(jobs) else None
-            _predict_batch(strip, predictor, plan, settings, i, batch, reads, counts)
-            advance(len(batch))
-        strip.flush(ds.height, final=True)
-        strip.wait()
-        if strip.uncovered_pixels:  # cannot happen with validated settings: a bug if it does
-            raise RuntimeError(f"{out_path}: {strip.uncovered_pixels} valid pixels got no window weight")
-        factors = overview_factors(ds.height, ds.width)
-        if factors:
-            dst.build_overviews(factors, Resampling.average)
-            dst.update_tags(ns="rio_overview", resampling="average")
-    return {**counts, "valid_pixels": strip.valid_pixels, "overviews": factors}
-
-
-WindowRead = tuple[np.ndarray, np.ndarray, int, int]
-"""A window read: features (h, w, C), valid mask, rows and columns inside the raster."""
-
-
-def _read_batch(ds: rasterio.DatasetReader, plan: _Plan, i: int, batch: list[int]) -> list[WindowRead]:
-    """The windows of row ``i`` and columns ``batch`` (:func:`read_window`)."""
-    row, size_y = plan.rows[i]
-    return [read_window(ds, row, plan.cols[j][0], (size_y, plan.cols[j][1]), ds.nodata) for j in batch]
-
-
-def _predict_batch(
-    strip: StripWriter,
-    predictor: Network,
-    plan: _Plan,
-    settings: PredictSettings,
-    i: int,
-    batch: list[int],
-    reads: list[WindowRead],
-    counts: dict[str, int],
-) -> None:
-    """Predict the windows ``reads`` (row ``i``, columns ``batch``) and add them to ``strip``; count
-    skipped windows (no valid pixel: no network call) and network calls."""
-    keep = [k for k, r in enumerate(reads) if r[1].any()]
-    counts["windows_skipped"] += len(batch) - len(keep)
-    if not keep:
-        return
-    counts["network_calls"] += len(tta_transforms(settings.tta))
-    x = reads[keep[0]][0][None] if len(keep) == 1 else np.stack([reads[k][0] for k in keep])
-    prob = predict_windows(predictor, x, settings.tta)
-    for p, k in enumerate(keep):
-        _, valid, h, w = reads[k]
-        weight = plan.weight(i, batch[k], h, w)
-        strip.add(plan.rows[i][0], plan.cols[batch[k]][0], prob[p, :h, :w], weight, valid)
 
 
 def _area_km2(ds: rasterio.DatasetReader) -> float | None:
