@@ -190,10 +190,16 @@ FUSED = ("BatchNormalization", "Activation", "ReLU", "Dropout")
 run inside the preceding convolution: their FLOPs count, their bytes do not."""
 
 
+FOLDED = ("Concatenate",)
+"""Layers that the ONNX export folds into the next convolution (each part convolved and summed), whose
+inputs that convolution reads."""
+
+
 def layer_bytes(layer: Any) -> float:
     """Bytes one forward pass (batch 1) of a layer moves at least, float32: its inputs read once, its
-    output written once, its weights read once; 0 for layers fused into the previous one."""
-    if type(layer).__name__ in FUSED or type(layer).__name__ == "InputLayer":
+    output written once, its weights read once; 0 for layers fused into the previous one or folded
+    into the next."""
+    if type(layer).__name__ in (*FUSED, *FOLDED, "InputLayer"):
         return 0.0
     inputs = layer.input if isinstance(layer.input, list) else [layer.input]
     elements = sum(math.prod(_shape(t)) for t in inputs) + math.prod(_shape(layer.output))

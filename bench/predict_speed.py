@@ -1,10 +1,10 @@
 """Whole-region prediction: our blended sliding windows against the tutorial's tile-by-tile approach.
 
 ``python -m bench.predict_speed [--quick] [--threads 2] [--repeats N] [--variants ...] [--output PATH]
-[--work DIR]`` (entry point :func:`main`, which returns the result dict; :func:`bench_predict_speed`
-does the work without printing).
+[--work DIR] [--model PATH] [--raster WIDTH HEIGHT]`` (entry point :func:`main`, which returns the
+result dict; :func:`bench_predict_speed` does the work without printing).
 
-The same trained model and the same features raster go through three predictors, each in its own
+The same trained model and the same features raster go through four predictors, each in its own
 process (peak RSS is that process's ``VmHWM``, as in :mod:`bench.gis_memory`; GDAL's cache capped
 as the workflow caps it):
 
@@ -525,6 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (model and data reused)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant (the fastest counts)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--model", type=Path, help="a trained model (card beside it) instead of training one")
+    parser.add_argument("--raster", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), help="region size, px")
     args = parser.parse_args(argv)
     from bench.gis_memory import machine_facts  # here: the variants' processes need not import it
 
@@ -535,6 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_minutes=args.train_minutes,
         repeats=args.repeats,
         variants=tuple(v for v in VARIANTS if v in {"tutorial", *args.variants}),
+        model=args.model,
+        raster_px=tuple(args.raster) if args.raster else None,
     )
     result["machine"] = machine_facts()
     result["date"] = time.strftime("%Y-%m-%d")
