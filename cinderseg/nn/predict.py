@@ -407,7 +407,7 @@ def _predictor(
                     f"{expected_tile_size}; set tiling.size: {network.tile_size} or retrain the model"
                 )
             return _started(network, threads)
-    elif settings.runtime == "onnxruntime":
+    elif settings.runtime == "onnxruntime" and Path(model).is_file():
         raise InputError(f"model {model}: predict.runtime is onnxruntime but it has no {MODEL_CARD}")
     predictor = load_predictor(
         model, size, expected_channels=expected_channels, expected_tile_size=expected_tile_size
@@ -424,7 +424,11 @@ def _onnx_predictor(
     if runtime == "auto" and nvidia_driver():
         log.info("model %s: Keras (TensorFlow uses the GPU)", path)
         return None
-    n_channels = len(card.get("channels") or [])
+    listed = card.get("channels")
+    channels, tile_size, _, temperature = _card_entries(
+        path, card, len(listed) if isinstance(listed, list) else 0
+    )
+    n_channels = len(channels)
     session, why = onnx_session(path, window_px, n_channels=n_channels, threads=threads)
     if session is None:
         if runtime == "onnxruntime":
@@ -434,7 +438,6 @@ def _onnx_predictor(
             )
         log.info("model %s: Keras (%s)", path, why)
         return None
-    channels, tile_size, _, temperature = _card_entries(path, card, n_channels)
     log.info("model %s: ONNX Runtime (%s)", path, onnx_path(path).name)
     return onnx_predictor(
         session, path, window_px, n_channels=n_channels, channels=channels, tile_size=tile_size,
