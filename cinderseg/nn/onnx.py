@@ -1,9 +1,10 @@
 """The network in ONNX: exported beside the Keras model, and run by ONNX Runtime without TensorFlow.
 
 Why. Importing TensorFlow costs about 6 s and 660 MiB of resident memory before the first window
-(measured: ``import tensorflow``, 2 cores); ONNX Runtime imports in 0.2 s and 5 MiB, and on the
-U-Net's 3 x 3 convolutions it runs as fast as TensorFlow's oneDNN kernels or faster (bench/README.md,
-S2 and S3). So the predict step (and ``cinderseg predict``) runs the ONNX copy of a model when there
+(measured: ``import tensorflow``, 2 cores); ONNX Runtime imports in 0.2 s and 5 MiB, loads a model
+in 0.1 s instead of rebuilding it in Keras (4 s), and on the U-Net's 3 x 3 convolutions runs about
+as fast as TensorFlow's oneDNN kernels (within 15 %, bench/README.md S2 and S3) in a third of the
+memory. So the predict step (and ``cinderseg predict``) runs the ONNX copy of a model when there
 is one, and then never imports TensorFlow.
 
 Export (:func:`export_onnx`; the train rule and ``make pretrained`` call it): the trained ``.keras``
