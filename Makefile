@@ -73,9 +73,9 @@ bench: $(STAMP)
 PRETRAINED_RUN := results/models/synthetic_pretrained
 pretrained: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --configfile config/synthetic_pretrain.yaml \
-		$(PRETRAINED_RUN)/model.keras $(PRETRAINED_RUN)/model_card.json
+		$(PRETRAINED_RUN)/model.keras $(PRETRAINED_RUN)/model_card.json $(PRETRAINED_RUN)/model.onnx
 	mkdir -p cinderseg/pretrained
-	for f in model.keras model_card.json; do \
+	for f in model.keras model_card.json model.onnx; do \
 		cp $(PRETRAINED_RUN)/$$f cinderseg/pretrained/.$$f.tmp && mv cinderseg/pretrained/.$$f.tmp cinderseg/pretrained/$$f; \
 	done
 

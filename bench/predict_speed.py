@@ -1,16 +1,18 @@
 """Whole-region prediction: our blended sliding windows against the tutorial's tile-by-tile approach.
 
 ``python -m bench.predict_speed [--quick] [--threads 2] [--repeats N] [--variants ...] [--output PATH]
-[--work DIR]`` (entry point :func:`main`, which returns the result dict; :func:`bench_predict_speed`
-does the work without printing).
+[--work DIR] [--model PATH] [--raster WIDTH HEIGHT]`` (entry point :func:`main`, which returns the
+result dict; :func:`bench_predict_speed` does the work without printing).
 
-The same trained model and the same features raster go through three predictors, each in its own
+The same trained model and the same features raster go through four predictors, each in its own
 process (peak RSS is that process's ``VmHWM``, as in :mod:`bench.gis_memory`; GDAL's cache capped
 as the workflow caps it):
 
 - ``ours``: :func:`cinderseg.nn.predict.predict_probability` with the default settings (1024 px windows
-  with the trained 224 px weights, 128 px overlap with raised-cosine blending, 16 px crop, no TTA),
-  reading window by window and writing block by block (with overviews);
+  with the trained 224 px weights, 128 px overlap with raised-cosine blending, 16 px crop, no TTA,
+  ``runtime: auto``: ONNX Runtime on the ``model.onnx`` exported beside the model, TensorFlow never
+  imported), reading window by window and writing block by block (with overviews) in an I/O thread;
+- ``ours_keras``: the same with ``predict.runtime: keras`` (TensorFlow runs the network);
 - ``tutorial``: the tutorial's prediction: 224 px tiles every 112 px over the whole raster (the last
   row and column of tiles flush with the edges), every tile read and predicted on its own (one
   ``predict_on_batch`` call per tile), no blending: a later tile overwrites the earlier ones where
@@ -53,7 +55,7 @@ LIMIT_MB = 2048
 TILE = 224
 STEP = 112
 GDAL_CACHEMAX_MB = "256"  # as cinderseg.core.step.run_step sets it for the workflow's steps
-VARIANTS = ("ours", "tutorial", "tutorial_in_memory")
+VARIANTS = ("ours", "ours_keras", "tutorial", "tutorial_in_memory")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -100,13 +102,16 @@ def train_bench_model(
     folder: Path, minutes: float, threads: int, region_px: int = 1024, epochs: int | None = None
 ) -> Path:
     """A unet_small (schema defaults) trained for ``minutes`` (or ``epochs``) on a ``region_px``
-    square synthetic region, cached."""
+    square synthetic region, cached, with its ONNX copy beside it (as the train rule exports it)."""
     from cinderseg.data.tiles import TilingSettings, make_tiles
+    from cinderseg.nn.onnx import export_onnx, onnx_path
     from cinderseg.nn.settings import TrainingRun
     from cinderseg.nn.train import TrainOutputs, train_model
 
     model = folder / "model" / "model.keras"
     if model.exists():
+        if not onnx_path(model).exists():
+            export_onnx(model)
         return model
     region = make_region(folder / "train_region", region_px, region_px, seed=1)
     tiles, manifest = folder / "tiles.npz", folder / "tiles.csv"
@@ -128,6 +133,7 @@ def train_bench_model(
             threads=threads,
         ),
     )
+    export_onnx(model)
     return model
 
 
@@ -236,10 +242,13 @@ def predict_tutorial_in_memory(
 
 class PhaseTimer:
     """Seconds spent in each phase of :func:`cinderseg.nn.predict.predict_probability`, measured by
-    wrapping the functions it calls (in this process only): reading the features (GDAL read and
-    decompression), preparing windows (nodata mask, channels-last copy), the network
-    (``predict_on_batch``), blending (weighted sums and their normalisation), writing (copying into
-    GDAL's cache), overviews and closing the output (which flushes and compresses the blocks)."""
+    wrapping the functions it calls (in this process only), per thread: in the main thread the network
+    (``predict_windows``), blending (weighted sums and their normalisation), overviews and closing the
+    output (which flushes and compresses the blocks); in the I/O thread, overlapped with those,
+    reading the features (GDAL read and decompression), preparing windows (nodata mask, channels-last
+    copy) and writing (copying into GDAL's cache)."""
+
+    IO = "I/O thread: "
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -247,6 +256,8 @@ class PhaseTimer:
         self._undo: list[tuple[Any, str, Any]] = []
 
     def _wrap(self, owner: Any, name: str, phase: str, count: Callable[..., None] | None = None) -> None:
+        import threading
+
         original = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -254,7 +265,9 @@ class PhaseTimer:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+                main = threading.current_thread() is threading.main_thread()
+                key = phase if main else self.IO + phase
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
                 if count is not None:
                     count(*args)
 
@@ -264,15 +277,15 @@ class PhaseTimer:
     def __enter__(self) -> PhaseTimer:
         import rasterio.io
 
-        import cinderseg.nn.predict as predict
+        import cinderseg.nn.windows as windows
         from cinderseg.nn.windows import StripWriter
 
         def pixels(_predictor: Any, x: np.ndarray, *rest: Any) -> None:
             self.network_pixels += int(x.shape[0] * x.shape[1] * x.shape[2])
 
         self._wrap(rasterio.io.DatasetReader, "read", "read features")
-        self._wrap(predict, "read_window", "prepare windows")
-        self._wrap(predict, "predict_windows", "network", pixels)
+        self._wrap(windows, "read_window", "prepare windows")
+        self._wrap(windows, "predict_windows", "network", pixels)
         self._wrap(StripWriter, "add", "blend")
         self._wrap(StripWriter, "flush", "blend")
         self._wrap(rasterio.io.DatasetWriter, "write", "write")
@@ -285,27 +298,41 @@ class PhaseTimer:
             setattr(owner, name, original)
 
     def phases(self, total_s: float, load_s: float) -> dict[str, float]:
-        """Exclusive seconds per phase (nested calls subtracted), model loading, and the rest of
-        ``total_s`` (the Python loop, window grid, atomic rename)."""
-        s = dict(self.seconds)
-        s["prepare windows"] = s.get("prepare windows", 0.0) - s.get("read features", 0.0)
-        s["blend"] = s.get("blend", 0.0) - s.get("write", 0.0)
+        """Exclusive seconds per phase of the main thread (nested calls subtracted), model loading,
+        and the rest of ``total_s`` (the Python loop, waiting for reads, window grid, atomic rename);
+        they sum to ``total_s``. Then the I/O thread's phases, which overlap the main thread's."""
+        s = {k: v for k, v in self.seconds.items() if not k.startswith(self.IO)}
+        io = {k: v for k, v in self.seconds.items() if k.startswith(self.IO)}
+        if "read features" in s:  # reads in the main thread (no I/O thread)
+            s["prepare windows"] = s.get("prepare windows", 0.0) - s["read features"]
+        key = self.IO + "prepare windows"
+        if key in io:
+            io[key] -= io.get(self.IO + "read features", 0.0)
         s = {"load model": load_s, **s}
-        s["other (Python loop, setup)"] = total_s - sum(s.values())
-        return {k: round(v, 3) for k, v in s.items()}
+        s["other (Python loop, waiting for reads, setup)"] = total_s - sum(s.values())
+        return {k: round(v, 3) for k, v in {**s, **io}.items()}
 
 
-def predict_ours(features: Path, model_path: Path, out_path: Path, threads: int) -> dict[str, Any]:
-    """cinderseg.nn.predict with the default settings, its phases timed (:class:`PhaseTimer`)."""
+def predict_ours(
+    features: Path, model_path: Path, out_path: Path, threads: int, runtime: str = "auto"
+) -> dict[str, Any]:
+    """cinderseg.nn.predict with the default settings (``runtime``), its phases timed
+    (:class:`PhaseTimer`)."""
+    import sys
+
     from cinderseg.nn.predict import predict_probability
     from cinderseg.nn.settings import PredictSettings
 
     cpu = _cpu_seconds()
     with PhaseTimer() as timer:
-        stats = predict_probability(features, model_path, out_path, PredictSettings(), threads=threads)
+        stats = predict_probability(
+            features, model_path, out_path, PredictSettings(runtime=runtime), threads=threads
+        )
     return {
         "seconds": stats["seconds"],
         "cpu_seconds": _cpu_seconds() - cpu,
+        "runtime": stats["runtime"],
+        "tensorflow_imported": "tensorflow" in sys.modules,
         "tiles_predicted": None,
         "windows": stats["windows"],
         "window_shapes": stats["window_shapes"],
@@ -315,8 +342,14 @@ def predict_ours(features: Path, model_path: Path, out_path: Path, threads: int)
     }
 
 
+def predict_ours_keras(features: Path, model_path: Path, out_path: Path, threads: int) -> dict[str, Any]:
+    """:func:`predict_ours` with ``predict.runtime: keras`` (TensorFlow runs the network)."""
+    return predict_ours(features, model_path, out_path, threads, runtime="keras")
+
+
 PREDICTORS = {
     "ours": "predict_ours",
+    "ours_keras": "predict_ours_keras",
     "tutorial": "predict_tutorial",
     "tutorial_in_memory": "predict_tutorial_in_memory",
 }
@@ -492,6 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (model and data reused)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant (the fastest counts)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--model", type=Path, help="a trained model (card beside it) instead of training one")
+    parser.add_argument("--raster", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), help="region size, px")
     args = parser.parse_args(argv)
     from bench.gis_memory import machine_facts  # here: the variants' processes need not import it
 
@@ -502,6 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_minutes=args.train_minutes,
         repeats=args.repeats,
         variants=tuple(v for v in VARIANTS if v in {"tutorial", *args.variants}),
+        model=args.model,
+        raster_px=tuple(args.raster) if args.raster else None,
     )
     result["machine"] = machine_facts()
     result["date"] = time.strftime("%Y-%m-%d")

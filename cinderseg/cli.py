@@ -146,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, help="prediction window in pixels (multiple of 32)")
     tta = section_schema("predict")["properties"]["tta"]["enum"]
     p.add_argument("--tta", choices=tta, help="test-time augmentation")
+    runtimes = section_schema("predict")["properties"]["runtime"]["enum"]
+    p.add_argument(
+        "--runtime",
+        choices=runtimes,
+        help="what runs the network (default auto: ONNX Runtime when model.onnx lies beside the model)",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress")
     return parser
@@ -168,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         predict_config["window_px"] = args.window
     if args.tta is not None:
         predict_config["tta"] = args.tta
+    if args.runtime is not None:
+        predict_config["runtime"] = args.runtime
     try:
         summary = predict_dem(
             model_path(args.model, key="--model"),

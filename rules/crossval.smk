@@ -62,6 +62,7 @@ use rule train as crossval_train with:
             labels={"fold": "{fold}"},
         ),
         card=fold_model_file("model_card.json"),
+        onnx=fold_model_file("model.onnx"),
     log:
         paths.log("crossval_train", "{fold}"),
     benchmark:

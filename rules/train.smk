@@ -2,7 +2,7 @@
 
 
 rule train:
-    """Train the U-Net on the tiles of all role 'train' regions; resumes after a kill (state in {model}.state beside the model's folder)."""
+    """Train the U-Net on the tiles of all role 'train' regions; resumes after a kill (state in {model}.state beside the model's folder); its ONNX copy beside it."""
     input:
         tiles=training_tiles,
         manifests=training_manifests,
@@ -16,6 +16,7 @@ rule train:
             category="Training",
         ),
         card=model_file("model_card.json"),
+        onnx=model_file("model.onnx"),
     log:
         paths.log("train", "{model}"),
     benchmark:

@@ -1,13 +1,23 @@
 """Snakemake script of rules train and crossval_train: the U-Net on the tiles of all training regions
-(resumable)."""
+(resumable), then its ONNX copy beside it for prediction without TensorFlow."""
 
 from cinderseg.core.step import run_step
+from cinderseg.nn.onnx import export_onnx
 from cinderseg.nn.settings import TrainingRun
 from cinderseg.nn.train import TrainOutputs, train_model
 
+
+def train_and_export(onnx, *args, **kwargs):
+    """train_model, then the trained model exported to ``onnx``."""
+    result = train_model(*args, **kwargs)
+    export_onnx(snakemake.output.model, onnx)
+    return result
+
+
 run_step(
     snakemake.log[0],
-    train_model,
+    train_and_export,
+    snakemake.output.onnx,
     list(snakemake.input.tiles),
     list(snakemake.input.manifests),
     TrainOutputs(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import rasterio
 
@@ -95,8 +96,31 @@ def test_a_model_without_its_card_is_refused(model: Path, srtm_like: dict[str, P
     assert not (tmp_path / "c.gpkg").exists()
 
 
+def test_the_train_rules_onnx_copy_maps_like_keras(
+    model: Path, srtm_like: dict[str, Path], tmp_path: Path
+) -> None:
+    """The workflow's train rule wrote model.onnx beside the model; the command runs it (ONNX Runtime,
+    the default) and its map equals the Keras one within 1e-4."""
+    from cinderseg.nn.onnx import onnx_session
+
+    assert onnx_session(model, 1024, n_channels=3, threads=1)[0] is not None  # exported from this model
+    dem = str(next(p for p in srtm_like.values() if p.suffix == ".tif"))
+    maps = {}
+    for runtime in ("auto", "keras"):
+        out, prob = tmp_path / runtime / "cones.gpkg", tmp_path / runtime / "p.tif"
+        proc = cinderseg_cli(
+            "predict", "--model", str(model), "--dem", dem, "--out", str(out), "--probability", str(prob),
+            "--runtime", runtime, "--quiet", cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with rasterio.open(prob) as ds:
+            maps[runtime] = ds.read(1)
+    assert maps["auto"].shape == maps["keras"].shape
+    assert np.abs(maps["auto"] - maps["keras"]).max() < 1e-4
+
+
 def test_help_names_the_command() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cinderseg", "predict", "--help"], capture_output=True, text=True, cwd=REPO
     )
-    assert proc.returncode == 0 and "--probability" in proc.stdout
+    assert proc.returncode == 0 and "--probability" in proc.stdout and "--runtime" in proc.stdout

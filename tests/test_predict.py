@@ -38,6 +38,7 @@ from rasterio.transform import from_origin
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
 from cinderseg.nn.model import build_unet
+from cinderseg.nn.onnx import META_ANY_SIZE, OnnxPredictor, export_onnx, onnx_path, onnx_session
 from cinderseg.nn.predict import Predictor, load_predictor, predict_probability
 from cinderseg.nn.runtime import without_start_up_noise
 from cinderseg.nn.settings import ModelSettings, PredictSettings
@@ -303,7 +304,7 @@ def test_networks_that_cannot_be_reshaped_use_full_windows_at_the_edges(
     def refuse(*args: object) -> None:
         raise ValueError("not reshapable")
 
-    monkeypatch.setattr("cinderseg.nn.predict.reshape_model", refuse)
+    monkeypatch.setattr("cinderseg.nn.model.reshape_model", refuse)
     path, model = local_model
     x = write_features(tmp_path / "f.tif", 233, 301)
     settings = PredictSettings(window_px=96, overlap_px=32, crop_px=RF)
@@ -584,6 +585,160 @@ def test_the_cards_temperature_calibrates_the_map(const_model: Path, tmp_path: P
     (folder / "model_card.json").write_text(json.dumps({**card, "temperature": -1}))
     with pytest.raises(InputError, match="temperature must be a number > 0"):
         load_predictor(path, 64)
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+@pytest.fixture(scope="module")
+def onnx_local(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, keras.Model]:
+    """The local U-Net saved with its card and exported to ONNX beside it (as the train rule does)."""
+    model = local_unet(seed=1)
+    path = save(model, tmp_path_factory.mktemp("onnx_local"))
+    assert export_onnx(path) == onnx_path(path) == path.with_name("model.onnx")
+    return path, model
+
+
+def test_onnx_and_keras_give_the_same_probabilities(onnx_local: tuple[Path, keras.Model]) -> None:
+    path, _ = onnx_local
+    session, why = onnx_session(path, 96, n_channels=3, threads=2)
+    assert session is not None, why
+    assert session.get_modelmeta().custom_metadata_map[META_ANY_SIZE] == "1"
+    keras_net = load_predictor(path, 96)
+    onnx_net = OnnxPredictor(session, 96, 3, tuple(CHANNELS), 64, path, 1.0, any_size=True)
+    rng = np.random.default_rng(8)
+    for shape in [(1, 96, 96), (2, 96, 64), (1, 64, 160)]:  # the window, edge windows, a batch
+        x = rng.random((*shape, 3), dtype=np.float32)
+        expected = keras_net.run(x)
+        assert expected.std() > 0.05
+        np.testing.assert_allclose(onnx_net.run(x), expected, atol=1e-4)
+        assert onnx_net.output_size(*shape[1:]) == shape[1:]
+    with pytest.raises(ValueError, match="no 70 x 96 px windows"):
+        onnx_net.output_size(70, 96)
+
+
+@pytest.mark.parametrize(("tta", "batch"), [("none", 1), ("none", 3), ("d4", 2)])
+def test_onnx_runtime_maps_equal_the_keras_maps(
+    onnx_local: tuple[Path, keras.Model], tmp_path: Path, tta: str, batch: int
+) -> None:
+    path, _ = onnx_local
+    write_features(tmp_path / "f.tif", 233, 301, nodata_box=(slice(10, 20), slice(30, 45)))
+    maps, stats = {}, {}
+    for runtime in ("keras", "onnxruntime", "auto"):
+        settings = PredictSettings(
+            window_px=96, overlap_px=32, crop_px=RF, tta=tta, batch_size=batch, runtime=runtime
+        )
+        stats[runtime] = predict_probability(tmp_path / "f.tif", path, tmp_path / f"{runtime}.tif", settings)
+        maps[runtime] = read(tmp_path / f"{runtime}.tif")
+    assert [stats[r]["runtime"] for r in ("keras", "onnxruntime", "auto")] == [
+        "keras",
+        "onnxruntime",
+        "onnxruntime",
+    ]
+    assert stats["onnxruntime"]["window_shapes"] == stats["keras"]["window_shapes"]
+    assert np.array_equal(maps["onnxruntime"] == NODATA_FLOAT, maps["keras"] == NODATA_FLOAT)
+    np.testing.assert_allclose(maps["onnxruntime"], maps["keras"], atol=1e-4)
+    np.testing.assert_array_equal(maps["auto"], maps["onnxruntime"])
+
+
+def test_a_stale_or_missing_onnx_file_falls_back_to_keras(
+    onnx_local: tuple[Path, keras.Model], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, _ = onnx_local
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("model.keras", "model_card.json", "model.onnx"):
+        (folder / name).write_bytes((path.parent / name).read_bytes())
+    write_features(tmp_path / "f.tif", 80, 90)
+    settings = PredictSettings(window_px=64, overlap_px=16, crop_px=4)
+    assert (
+        predict_probability(tmp_path / "f.tif", folder / "model.keras", tmp_path / "a.tif", settings)[
+            "runtime"
+        ]
+        == "onnxruntime"
+    )
+    save(local_unet(seed=9), folder)  # retrained: the ONNX file is stale now
+    with caplog.at_level(logging.INFO, logger="cinderseg"):
+        stats = predict_probability(tmp_path / "f.tif", folder / "model.keras", tmp_path / "b.tif", settings)
+    assert stats["runtime"] == "keras"
+    assert any(
+        "model.onnx was exported from another model.keras (stale)" in r.getMessage() for r in caplog.records
+    )
+    strict = PredictSettings(window_px=64, overlap_px=16, crop_px=4, runtime="onnxruntime")
+    with pytest.raises(
+        InputError, match=r"predict\.runtime is onnxruntime but model\.onnx was exported"
+    ) as err:
+        predict_probability(tmp_path / "f.tif", folder / "model.keras", tmp_path / "c.tif", strict)
+    assert str(folder / "model.keras") in str(err.value) and "\n" not in str(err.value)
+    (folder / "model.onnx").unlink()
+    with pytest.raises(InputError, match=r"but no model\.onnx beside it"):
+        predict_probability(tmp_path / "f.tif", folder / "model.keras", tmp_path / "c.tif", strict)
+    (folder / "model.onnx").write_bytes(b"not onnx")
+    stats = predict_probability(tmp_path / "f.tif", folder / "model.keras", tmp_path / "d.tif", settings)
+    assert stats["runtime"] == "keras"
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_a_fixed_size_network_is_exported_at_its_size(tmp_path: Path) -> None:
+    path = save(constant_unet(0.7), tmp_path / "m", card=False)  # fixed 64 px input, no card
+    export_onnx(path)
+    session, why = onnx_session(path, 64, n_channels=3, threads=1)
+    assert session is not None and session.get_inputs()[0].shape[1:] == [64, 64, 3], why
+    assert onnx_session(path, 128, n_channels=3, threads=1) == (
+        None,
+        "model.onnx takes only 64 x 64 px windows, not 128",
+    )
+    net = OnnxPredictor(session, 64, 3, None, None, path, 1.0, any_size=False)
+    np.testing.assert_allclose(net.run(np.zeros((2, 64, 64, 3), np.float32)), 0.7, atol=1e-6)
+
+
+def test_the_shipped_model_has_its_onnx_copy() -> None:
+    from cinderseg.core.modelcard import PRETRAINED_MODEL
+
+    session, why = onnx_session(PRETRAINED_MODEL, 1024, n_channels=3, threads=2)
+    assert session is not None, why  # exported from this very model.keras
+    net = load_predictor(PRETRAINED_MODEL, 256)
+    onnx_net = OnnxPredictor(
+        session, 256, 3, net.channels, net.tile_size, PRETRAINED_MODEL, net.temperature, True
+    )
+    x = np.random.default_rng(2).random((1, 256, 256, 3), dtype=np.float32)
+    np.testing.assert_allclose(onnx_net.run(x), net.run(x), atol=1e-4)
+
+
+def test_prediction_needs_no_keras_for_its_constants() -> None:
+    from cinderseg.nn import encoders, windows
+    from cinderseg.nn.runtime import return_freed_memory
+
+    assert windows.DOWNSAMPLING == encoders.DOWNSAMPLING  # repeated so that predict need not import Keras
+    assert return_freed_memory() is (sys.platform == "linux")  # glibc's mallopt
+
+
+NO_TF_CHILD = """
+import sys
+from cinderseg.core.step import run_step
+from cinderseg.nn.predict import predict_probability
+from cinderseg.nn.settings import PredictSettings
+
+features, model, out, log = sys.argv[1:]
+settings = PredictSettings(window_px=96, overlap_px=32, crop_px=4)
+stats = run_step(log, predict_probability, features, model, out, settings, region="r1", threads=2)
+assert stats["runtime"] == "onnxruntime", stats
+assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "TensorFlow was imported"
+"""
+
+
+def test_the_onnx_path_never_imports_tensorflow(onnx_local: tuple[Path, keras.Model], tmp_path: Path) -> None:
+    path, _ = onnx_local
+    write_features(tmp_path / "f.tif", 100, 120)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [str(p) for p in (tmp_path / "f.tif", path, tmp_path / "p.tif", tmp_path / "predict.log")]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TF_CHILD, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr
+    log = (tmp_path / "predict.log").read_text()
+    assert "ONNX Runtime 1." in log and ": CPU, 2 threads" in log and "TensorFlow" not in log, log
 
 
 # --------------------------------------------------------------------------- a quiet start

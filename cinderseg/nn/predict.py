@@ -5,13 +5,22 @@ The window grid, blending weights, strip writer and test-time augmentation are i
 goes through :func:`cinderseg.core.progress.track` (a bar on a terminal, a log line per tenth of the
 windows otherwise).
 
-The model (:class:`Predictor`). The U-Net is fully convolutional: a model trained on 224 px tiles is
-rebuilt at the window size and its weights copied (:func:`load_predictor`), and the same network with
-other input shapes (:func:`cinderseg.nn.model.reshape_model`) predicts the smaller windows at the
-raster's edges. Networks that cannot be reshaped (size-dependent padding layers, fixed-size models
-without a card) keep their size. The network sees ``batch_size`` windows per ``predict_on_batch``
-call (faster on CPU than an eager ``model(x, training=False)`` call, 0.43 s against 0.57 s for a
-1024 px unet_small window on 2 cores, with half the peak memory).
+The network (:class:`Predictor` for Keras, :class:`cinderseg.nn.onnx.OnnxPredictor` for ONNX
+Runtime; ``predict.runtime``). With ``auto`` (the default) a ``model.onnx`` exported from the very
+``model.keras`` beside it (the train rule writes one) runs in ONNX Runtime and TensorFlow is never
+imported (6 s and 660 MiB saved per job); on a machine with an NVIDIA GPU, or without a fit ONNX file,
+Keras runs it. Both give the same probabilities within 1e-5. Keras: the U-Net is fully
+convolutional: a model trained on 224 px tiles is rebuilt at the window size and its weights copied
+(:func:`load_predictor`), and the same network with other input shapes
+(:func:`cinderseg.nn.model.reshape_model`) predicts the smaller windows at the raster's edges.
+Networks that cannot be reshaped (size-dependent padding layers, fixed-size models without a card)
+keep their size. The network sees ``batch_size`` windows per call (Keras: ``predict_on_batch``, faster
+on CPU than an eager call, 0.43 s against 0.57 s for a 1024 px unet_small window on 2 cores, with half
+the peak memory).
+
+I/O. One background thread reads the next batch of windows and writes the finished output rows while
+the network runs on the current batch (GDAL and ONNX Runtime release Python's lock); each window's
+2-D blending weight is made once per window kind and reused.
 
 Calibration: the model card's ``temperature`` T (fitted on the validation tiles after training,
 see :mod:`cinderseg.nn.calibrate`; a card without it, or no card, means T = 1) turns every network
@@ -29,45 +38,47 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.modelcard import MODEL_CARD, read_model_card
 from cinderseg.core.progress import track
-from cinderseg.core.raster import NODATA_FLOAT, atomic_write, geotiff_profile, open_raster
+from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile, open_raster
 from cinderseg.core.settings import is_int, is_number
 from cinderseg.nn.calibrate import apply_temperature
-from cinderseg.nn.model import build_unet, load_model, model_io, reshape_model
-from cinderseg.nn.runtime import NOTICE, configure_threads
+from cinderseg.nn.onnx import OnnxPredictor, onnx_path, onnx_predictor, onnx_session, runtime_line
+from cinderseg.nn.runtime import NOTICE, nvidia_driver, return_freed_memory
 from cinderseg.nn.settings import ModelSettings, PredictSettings
 from cinderseg.nn.windows import (
     MIN_WINDOW_PX,
-    StripWriter,
+    WindowPlan,
+    Windows,
     axis_profiles,
     axis_windows,
     effective_window,
-    overview_factors,
-    predict_windows,
-    read_window,
-    tta_transforms,
-    window_batches,
+    write_probability,
 )
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger("cinderseg")
 
 REFERENCE_TILE_PX = 224
 """Tile side used to express throughput as tiles/s (the tutorial's and the default training tile)."""
 
-Windows = list[tuple[int, int]]
+GDAL_CACHE_BYTES = 16 * 2**20
+"""GDAL's block cache while predicting: the features are read window by window and the output
+written row by row, so blocks are rarely read twice; more cache only grows the memory with the
+raster (the workflow's steps otherwise allow 256 MiB)."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -90,6 +101,7 @@ class Predictor:
     path: Path | None = None
     temperature: float = 1.0
     _flexible: list[keras.Model] = field(default_factory=list, compare=False, repr=False)
+    runtime: str = field(default="keras", init=False)
 
     @property
     def name(self) -> str:
@@ -100,6 +112,8 @@ class Predictor:
     def reshapable(self) -> bool:
         """Whether :meth:`model_for` may give other window shapes: models without a fixed input size,
         and cinderseg U-Nets (with a card) without size-dependent padding or cropping layers."""
+        import keras
+
         height, width = tuple(self.model.inputs[0].shape)[1:3]
         if height is None and width is None:
             return True
@@ -121,8 +135,21 @@ class Predictor:
         if shape == (None, None) or shape == (height, width):
             return self.model
         if not self._flexible:
-            self._flexible.append(reshape_model(self.model, None, None))
+            from cinderseg.nn import model as nn_model
+
+            self._flexible.append(nn_model.reshape_model(self.model, None, None))
         return self._flexible[0]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The output's (rows, columns) for a ``height`` x ``width`` px window (an error if the network
+        takes no such window)."""
+        out = tuple(self.model_for(height, width).compute_output_shape((1, height, width, self.n_channels)))
+        return out[1], out[2]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (B, h, w) float32 of windows ``x`` (B, h, w, C) float32."""
+        model = self.model_for(x.shape[1], x.shape[2])
+        return self.calibrated(np.asarray(model.predict_on_batch(x))[..., 0])
 
 
 def check_channels(
@@ -164,6 +191,8 @@ def load_predictor(
     used as it is, at its own input size (``window_px`` only for a model without a fixed size), and only
     the channel count is checked. Mismatches raise InputError with one line naming the model file.
     """
+    from cinderseg.nn.model import load_model, model_io
+
     path = Path(model_path)
     model = load_model(path, compile=False)
     height, width, n_channels = model_io(model, str(path))
@@ -228,6 +257,8 @@ def _rebuilt(
 ) -> keras.Model:
     """The card's U-Net built for ``window_px`` windows (no encoder weights loaded) with ``model``'s
     weights; InputError if they do not fit."""
+    from cinderseg.nn.model import build_unet
+
     try:
         settings = ModelSettings.from_config({**model_section, "encoder_weights": "none"})
         rebuilt = build_unet(settings, tile_size=window_px, n_channels=n_channels)
@@ -245,26 +276,13 @@ def _rebuilt(
 # --------------------------------------------------------------------------- prediction
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The windows of one raster (origin, size per row and column), their weight profiles, the window
-    shapes, and the output's GeoTIFF profile."""
-
-    rows: Windows
-    cols: Windows
-    profiles_y: list[np.ndarray]
-    profiles_x: list[np.ndarray]
-    shapes: list[tuple[int, int]]
-    profile: dict[str, Any]
-
-    @property
-    def windows(self) -> int:
-        return len(self.rows) * len(self.cols)
+Network = Predictor | OnnxPredictor
+"""What runs the windows: Keras (:class:`Predictor`) or ONNX Runtime (:class:`OnnxPredictor`)."""
 
 
 def predict_probability(
     features_path: str | os.PathLike[str],
-    model: str | os.PathLike[str] | Predictor | keras.Model,
+    model: str | os.PathLike[str] | Network | keras.Model,
     out_path: str | os.PathLike[str],
     settings: PredictSettings | None = None,
     *,
@@ -277,34 +295,36 @@ def predict_probability(
     """Predict the cone probability of every pixel of a features raster; write it as a GeoTIFF.
 
     ``features_path``: the features step's float32 raster (bands named by channel, metric CRS).
-    ``model``: a ``.keras`` file (with ``model_card.json`` beside it; see :func:`load_predictor`), a
-    :class:`Predictor` (used at its window size) or a Keras model (used as it is).
+    ``model``: a ``.keras`` file (with ``model_card.json`` beside it, and ``model.onnx`` for ONNX
+    Runtime; see :func:`load_predictor` and ``predict.runtime``), a :class:`Predictor` or
+    :class:`OnnxPredictor` (used at its window size) or a Keras model (used as it is).
     ``expected_channels`` (the config's ``features.channels``) must equal the features raster's band
     names and the model's channels; ``expected_tile_size`` (the config's ``tiling.size``) the model's
-    training tile size. ``threads``: TensorFlow CPU threads. ``progress``: report the windows done.
-    Returns statistics: windows, pixels, seconds, km2/s, tiles/s (of 224 px) etc.
+    training tile size. ``threads``: CPU threads of the network. ``progress``: report the windows done.
+    Returns statistics: windows, pixels, seconds, km2/s, tiles/s (of 224 px), the runtime etc.
     """
     started = time.perf_counter()
     settings = settings if settings is not None else PredictSettings()
     if not isinstance(settings, PredictSettings):
         settings = PredictSettings.from_config(settings)  # type: ignore[arg-type]
-    configure_threads(threads)
     what = f"features of region '{region}'" if region else "features"
-    with open_raster(features_path, what=what) as ds:
+    return_freed_memory()  # memory flat in the raster's size (see there)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), open_raster(features_path, what=what) as ds:
         _check_band_names(ds, features_path, what, expected_channels)
-        predictor = _predictor(model, settings, ds, expected_channels, expected_tile_size)
+        predictor = _predictor(model, settings, ds, expected_channels, expected_tile_size, threads)
         _check_model_bands(predictor, ds, features_path, what)
         plan = _plan(predictor, ds, settings, what)
         area, height, width = _area_km2(ds), ds.height, ds.width
         load_s = time.perf_counter() - started
         description = f"predict {region}" if region else "predict"
         with track(description, plan.windows, unit="windows", enabled=progress, logger=NOTICE) as advance:
-            counts = _write_probability(ds, out_path, predictor, plan, settings, advance)
+            counts = write_probability(ds, out_path, predictor, plan, settings, advance)
     seconds = time.perf_counter() - started
     pixels = height * width
     stats = {
         "region": region,
         "model": predictor.name,
+        "runtime": predictor.runtime,
         "width": width,
         "height": height,
         "pixels": pixels,
@@ -350,31 +370,90 @@ def _check_band_names(
 
 
 def _predictor(
-    model: str | os.PathLike[str] | Predictor | keras.Model,
+    model: str | os.PathLike[str] | Network | keras.Model,
     settings: PredictSettings,
     ds: rasterio.DatasetReader,
     expected_channels: Sequence[str] | None,
     expected_tile_size: int | None,
-) -> Predictor:
-    """The predictor for ``model`` on raster ``ds`` (see :func:`predict_probability`)."""
-    if isinstance(model, Predictor):
+    threads: int,
+) -> Network:
+    """The network for ``model`` on raster ``ds`` (see :func:`predict_probability`); TensorFlow's
+    threads are set (and TensorFlow imported) only where Keras runs it."""
+    if isinstance(model, Predictor | OnnxPredictor):
         if expected_tile_size is not None and model.tile_size not in (None, expected_tile_size):
             raise InputError(
                 f"model {model.name}: trained on {model.tile_size} px tiles but tiling.size "
                 f"is {expected_tile_size}"
             )
-        return model
-    if isinstance(model, keras.Model):
+        return _started(model, threads)
+    if "keras" in sys.modules and isinstance(model, sys.modules["keras"].Model):
+        from cinderseg.nn.model import model_io
+
         h, w, c = model_io(model, model.name)
         if h is not None and h != w:
             raise InputError(f"model {model.name}: input {h} x {w} px is not square")
-        return Predictor(model, int(h or settings.window_px), c)
+        return _started(Predictor(model, int(h or settings.window_px), c), threads)
     card = read_model_card(model, required=False) if Path(model).is_file() else None
     tile_size = card.get("tile_size") if card else None
     size = effective_window(settings, ds.height, ds.width, tile_size if is_int(tile_size) else None)
-    return load_predictor(
+    if card is not None and settings.runtime != "keras":
+        network = _onnx_predictor(Path(model), card, size, settings.runtime, threads)
+        if network is not None:
+            if expected_channels is not None:
+                check_channels(network, expected_channels, source="the features")
+            if expected_tile_size is not None and network.tile_size != int(expected_tile_size):
+                raise InputError(
+                    f"model {model}: trained on {network.tile_size} px tiles but tiling.size is "
+                    f"{expected_tile_size}; set tiling.size: {network.tile_size} or retrain the model"
+                )
+            return _started(network, threads)
+    elif settings.runtime == "onnxruntime" and Path(model).is_file():
+        raise InputError(f"model {model}: predict.runtime is onnxruntime but it has no {MODEL_CARD}")
+    predictor = load_predictor(
         model, size, expected_channels=expected_channels, expected_tile_size=expected_tile_size
     )
+    return _started(predictor, threads)
+
+
+def _onnx_predictor(
+    path: Path, card: Mapping[str, Any], window_px: int, runtime: str, threads: int
+) -> OnnxPredictor | None:
+    """The ONNX Runtime network of a ``.keras`` model with a card, or None where Keras must run it
+    (``runtime`` auto: a GPU, or no fit ``model.onnx``; logged). InputError where ``runtime`` is
+    onnxruntime and no fit ONNX file exists."""
+    if runtime == "auto" and nvidia_driver():
+        log.info("model %s: Keras (TensorFlow uses the GPU)", path)
+        return None
+    listed = card.get("channels")
+    channels, tile_size, _, temperature = _card_entries(
+        path, card, len(listed) if isinstance(listed, list) else 0
+    )
+    n_channels = len(channels)
+    session, why = onnx_session(path, window_px, n_channels=n_channels, threads=threads)
+    if session is None:
+        if runtime == "onnxruntime":
+            raise InputError(
+                f"model {path}: predict.runtime is onnxruntime but {why}; export it with "
+                f"`python -m cinderseg.nn.onnx {path}` or set predict.runtime: auto"
+            )
+        log.info("model %s: Keras (%s)", path, why)
+        return None
+    log.info("model %s: ONNX Runtime (%s)", path, onnx_path(path).name)
+    return onnx_predictor(
+        session, path, window_px, n_channels=n_channels, channels=channels, tile_size=tile_size,
+        temperature=temperature,
+    )  # fmt: skip
+
+
+def _started(network: Network, threads: int) -> Network:
+    """``network``, with TensorFlow's threads set for Keras, and the device logged."""
+    if network.runtime == "keras":
+        from cinderseg.nn.runtime import configure_threads
+
+        configure_threads(threads)
+    else:
+        log.info("%s", runtime_line(threads))
+    return network
 
 
 def _check_model_bands(
@@ -393,7 +472,7 @@ def _check_model_bands(
         log.warning("%s: %s has no band names; channel order not checked", what, features_path)
 
 
-def _plan(predictor: Predictor, ds: rasterio.DatasetReader, settings: PredictSettings, what: str) -> _Plan:
+def _plan(predictor: Network, ds: rasterio.DatasetReader, settings: PredictSettings, what: str) -> WindowPlan:
     """The windows, weights and output profile of raster ``ds`` (logged)."""
     height, width, window = ds.height, ds.width, predictor.window_px
     overlap, crop = settings.overlap_px, settings.crop_px
@@ -414,7 +493,7 @@ def _plan(predictor: Predictor, ds: rasterio.DatasetReader, settings: PredictSet
         nodata=NODATA_FLOAT,
     )
     log.info(
-        "%s: %d x %d px in %d x %d windows of %s px (overlap %d, crop %d, tta %s), model %s",
+        "%s: %d x %d px in %d x %d windows of %s px (overlap %d, crop %d, tta %s), model %s (%s)",
         what,
         width,
         height,
@@ -425,14 +504,15 @@ def _plan(predictor: Predictor, ds: rasterio.DatasetReader, settings: PredictSet
         crop,
         settings.tta,
         predictor.name,
+        predictor.runtime,
     )
-    return _Plan(
+    return WindowPlan(
         rows, cols, axis_profiles(rows, overlap, crop), axis_profiles(cols, overlap, crop), shapes, profile
     )
 
 
 def _window_grid(
-    predictor: Predictor, height: int, width: int, settings: PredictSettings
+    predictor: Network, height: int, width: int, settings: PredictSettings
 ) -> tuple[Windows, Windows]:
     """Row and column windows (origin, size) of a raster: smaller windows at the edges where the
     network takes them (prepared here, so that a failure falls back to full-size windows)."""
@@ -446,78 +526,15 @@ def _window_grid(
             shapes |= {(w, h) for h, w in shapes}
         try:
             for h, w in shapes:
-                out = tuple(predictor.model_for(h, w).compute_output_shape((1, h, w, predictor.n_channels)))
-                if out[1:3] != (h, w):
-                    raise ValueError(f"{h} x {w} px windows give {out[1:3]} px outputs")
+                out = predictor.output_size(h, w)
+                if out != (h, w):
+                    raise ValueError(f"{h} x {w} px windows give {out} px outputs")
             return rows, cols
         except Exception as err:  # a network that cannot be reshaped: full-size windows
             log.warning(
                 "model %s: full-size windows at the edges (%s: %s)", predictor.name, type(err).__name__, err
             )
     return axis_windows(height, window, overlap), axis_windows(width, window, overlap)
-
-
-def _write_probability(
-    ds: rasterio.DatasetReader,
-    out_path: str | os.PathLike[str],
-    predictor: Predictor,
-    plan: _Plan,
-    settings: PredictSettings,
-    advance: Callable[[float], None],
-) -> dict[str, Any]:
-    """Predict every window row by row into the output GeoTIFF (atomically); counts for the stats."""
-    block = int(plan.profile.get("blockysize", ds.height))
-    counts = {"windows_skipped": 0, "network_calls": 0}
-    with atomic_write(out_path) as tmp, rasterio.open(tmp, "w", **plan.profile) as dst:
-        dst.set_band_description(1, "probability")
-        dst.update_tags(
-            model=predictor.name,
-            channels=",".join(predictor.channels or list(ds.descriptions)),
-            window_px=str(predictor.window_px),
-            overlap_px=str(settings.overlap_px),
-            crop_px=str(settings.crop_px),
-            tta=settings.tta,
-            temperature=repr(predictor.temperature),
-        )
-        strip = StripWriter(dst, predictor.window_px + block, block)
-        for i in range(len(plan.rows)):
-            strip.flush(plan.rows[i][0])
-            _predict_row(ds, strip, predictor, plan, settings, i, counts, advance)
-        strip.flush(ds.height, final=True)
-        if strip.uncovered_pixels:  # cannot happen with validated settings: a bug if it does
-            raise RuntimeError(f"{out_path}: {strip.uncovered_pixels} valid pixels got no window weight")
-        factors = overview_factors(ds.height, ds.width)
-        if factors:
-            dst.build_overviews(factors, Resampling.average)
-            dst.update_tags(ns="rio_overview", resampling="average")
-    return {**counts, "valid_pixels": strip.valid_pixels, "overviews": factors}
-
-
-def _predict_row(
-    ds: rasterio.DatasetReader,
-    strip: StripWriter,
-    predictor: Predictor,
-    plan: _Plan,
-    settings: PredictSettings,
-    i: int,
-    counts: dict[str, int],
-    advance: Callable[[float], None],
-) -> None:
-    """Predict the windows of row ``i`` in batches and add them to ``strip``; count skipped windows
-    (no valid pixel: no network call) and network calls."""
-    row, size_y = plan.rows[i]
-    for batch in window_batches(plan.cols, settings.batch_size):
-        reads = [read_window(ds, row, plan.cols[j][0], (size_y, plan.cols[j][1]), ds.nodata) for j in batch]
-        keep = [k for k, r in enumerate(reads) if r[1].any()]
-        counts["windows_skipped"] += len(batch) - len(keep)
-        if keep:
-            counts["network_calls"] += len(tta_transforms(settings.tta))
-            prob = predict_windows(predictor, np.stack([reads[k][0] for k in keep]), settings.tta)
-            for p, k in enumerate(keep):
-                _, valid, h, w = reads[k]
-                weight = plan.profiles_y[i][:h, None] * plan.profiles_x[batch[k]][None, :w]
-                strip.add(row, plan.cols[batch[k]][0], prob[p, :h, :w], weight, valid)
-        advance(len(batch))
 
 
 def _area_km2(ds: rasterio.DatasetReader) -> float | None:

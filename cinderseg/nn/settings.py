@@ -132,6 +132,7 @@ class PredictSettings:
     crop_px: int = section_default("predict", "crop_px")
     tta: str = section_default("predict", "tta")
     batch_size: int = section_default("predict", "batch_size")
+    runtime: str = section_default("predict", "runtime")
 
     def __post_init__(self) -> None:
         validate_section("predict", asdict(self))

@@ -33,22 +33,59 @@ read window by window.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from cinderseg.core.raster import BLOCK_PX, NODATA_FLOAT
-from cinderseg.nn.encoders import DOWNSAMPLING
+from cinderseg.core.raster import BLOCK_PX, NODATA_FLOAT, atomic_write
 
 if TYPE_CHECKING:
-    from cinderseg.nn.predict import Predictor
+    from cinderseg.nn.predict import Network
     from cinderseg.nn.settings import PredictSettings
+
+DOWNSAMPLING = 32
+"""The U-Net halves a window 5 times: window sides are multiples of this
+(:data:`cinderseg.nn.encoders.DOWNSAMPLING`, repeated here so that prediction need not import Keras)."""
 
 MIN_WINDOW_PX = 64
 """The smallest window side (the schema's minimum of ``predict.window_px``)."""
+
+Windows = list[tuple[int, int]]
+"""(origin, size) of the windows along one axis, px."""
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of one raster (origin, size per row and column), their weight profiles, the window
+    shapes, and the output's GeoTIFF profile."""
+
+    rows: Windows
+    cols: Windows
+    profiles_y: list[np.ndarray]
+    profiles_x: list[np.ndarray]
+    shapes: list[tuple[int, int]]
+    profile: dict[str, Any]
+    _weights: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def windows(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def weight(self, i: int, j: int, h: int, w: int) -> np.ndarray:
+        """The 2-D blending weight of window (row ``i``, column ``j``) clipped to ``h`` x ``w`` px; one
+        array per kind of window (size, neighbours on each side), made once."""
+        ny, nx = len(self.rows), len(self.cols)
+        key = (self.rows[i][1], i > 0, i + 1 < ny, self.cols[j][1], j > 0, j + 1 < nx, h, w)
+        if key not in self._weights:
+            self._weights[key] = self.profiles_y[i][:h, None] * self.profiles_x[j][None, :w]
+        return self._weights[key]
 
 
 def axis_windows(n: int, window: int, overlap: int, *, min_px: int | None = None) -> list[tuple[int, int]]:
@@ -122,9 +159,13 @@ class StripWriter:
 
     Rows ``[base, base + capacity)`` of the raster are held; :meth:`flush` writes the rows before a
     given one in whole output-block rows (the last chunk may be partial) and moves the strip down.
+    With an ``executor`` (one thread) the rows are written there while the caller goes on; call
+    :meth:`wait` before closing the output.
     """
 
-    def __init__(self, dst: rasterio.io.DatasetWriter, capacity: int, block: int) -> None:
+    def __init__(
+        self, dst: rasterio.io.DatasetWriter, capacity: int, block: int, executor: Executor | None = None
+    ) -> None:
         self.dst = dst
         self.block = block
         self.width = dst.width
@@ -133,14 +174,21 @@ class StripWriter:
         self.acc = np.zeros((capacity, self.width), dtype=np.float32)
         self.wsum = np.zeros((capacity, self.width), dtype=np.float32)
         self.valid = np.zeros((capacity, self.width), dtype=bool)
+        self.scratch = np.empty(0, dtype=np.float32)
         self.valid_pixels = 0
         self.uncovered_pixels = 0
+        self.executor = executor
+        self.pending: list[Future[None]] = []
 
     def add(self, row: int, col: int, prob: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> None:
         """Add one window's probabilities (clipped to the raster) with its weights."""
         h, w = prob.shape
         r = row - self.base
-        self.acc[r : r + h, col : col + w] += prob * weight
+        if self.scratch.size < h * w:
+            self.scratch = np.empty(h * w, dtype=np.float32)
+        weighted = self.scratch[: h * w].reshape(h, w)
+        np.multiply(prob, weight, out=weighted)
+        self.acc[r : r + h, col : col + w] += weighted
         self.wsum[r : r + h, col : col + w] += weight
         self.valid[r : r + h, col : col + w] = valid
 
@@ -159,11 +207,27 @@ class StripWriter:
         np.clip(out, 0.0, 1.0, out=out, where=good)
         self.valid_pixels += int(good.sum())
         self.uncovered_pixels += int((valid & ~covered).sum())
-        self.dst.write(out, 1, window=Window(0, self.base, self.width, n))
+        self._write(out, Window(0, self.base, self.width, n))
         for buf in (self.acc, self.wsum, self.valid):
-            buf[:-n] = buf[n:].copy()
+            buf[:-n] = buf[n:]  # numpy copies overlapping ranges safely
             buf[-n:] = 0
         self.base = end
+
+    def _write(self, out: np.ndarray, window: Window) -> None:
+        if self.executor is None:
+            self.dst.write(out, 1, window=window)
+            return
+        done = [f for f in self.pending if f.done()]
+        for f in done:
+            f.result()  # a failed write raises here
+            self.pending.remove(f)
+        self.pending.append(self.executor.submit(self.dst.write, out, 1, window=window))
+
+    def wait(self) -> None:
+        """Wait for the rows being written (raising a failed write's error)."""
+        for f in self.pending:
+            f.result()
+        self.pending.clear()
 
 
 def window_batches(windows: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -201,6 +265,100 @@ def read_window(
     return x, ~bad, h, w
 
 
+# --------------------------------------------------------------------------- the window loop
+
+
+def write_probability(
+    ds: rasterio.DatasetReader,
+    out_path: str | os.PathLike[str],
+    predictor: Network,
+    plan: WindowPlan,
+    settings: PredictSettings,
+    advance: Callable[[float], None],
+) -> dict[str, Any]:
+    """Predict every window of ``plan`` row by row into the output GeoTIFF ``out_path`` (atomically);
+    counts for the statistics (windows skipped, network calls, valid pixels, overview factors).
+
+    One I/O thread reads the next batch of windows and writes finished rows while the network runs;
+    ``ds`` and the output are used by that thread only from the first read on."""
+    block = int(plan.profile.get("blockysize", ds.height))
+    counts = {"windows_skipped": 0, "network_calls": 0}
+    jobs = [(i, b) for i in range(len(plan.rows)) for b in window_batches(plan.cols, settings.batch_size)]
+    with (
+        atomic_write(out_path) as tmp,
+        rasterio.open(tmp, "w", **plan.profile) as dst,
+        ThreadPoolExecutor(1, thread_name_prefix="cinderseg-io") as io,
+    ):
+        dst.set_band_description(1, "probability")
+        dst.update_tags(
+            model=predictor.name,
+            channels=",".join(predictor.channels or list(ds.descriptions)),
+            window_px=str(predictor.window_px),
+            overlap_px=str(settings.overlap_px),
+            crop_px=str(settings.crop_px),
+            tta=settings.tta,
+            temperature=repr(predictor.temperature),
+        )
+        strip = StripWriter(dst, predictor.window_px + block, block, executor=io)
+        pending: Future[list[WindowRead]] | None = (
+            io.submit(_read_batch, ds, plan, *jobs[0]) if jobs else None
+        )
+        row = -1
+        for n, (i, batch) in enumerate(jobs):
+            if i != row:
+                strip.flush(plan.rows[i][0])
+                row = i
+            assert pending is not None
+            reads = pending.result()
+            pending = io.submit(_read_batch, ds, plan, *jobs[n + 1]) if n + 1 < len(jobs) else None
+            _predict_batch(strip, predictor, plan, settings, i, batch, reads, counts)
+            advance(len(batch))
+        strip.flush(ds.height, final=True)
+        strip.wait()
+        if strip.uncovered_pixels:  # cannot happen with validated settings: a bug if it does
+            raise RuntimeError(f"{out_path}: {strip.uncovered_pixels} valid pixels got no window weight")
+        factors = overview_factors(ds.height, ds.width)
+        if factors:
+            dst.build_overviews(factors, Resampling.average)
+            dst.update_tags(ns="rio_overview", resampling="average")
+    return {**counts, "valid_pixels": strip.valid_pixels, "overviews": factors}
+
+
+WindowRead = tuple[np.ndarray, np.ndarray, int, int]
+"""A window read: features (h, w, C), valid mask, rows and columns inside the raster."""
+
+
+def _read_batch(ds: rasterio.DatasetReader, plan: WindowPlan, i: int, batch: list[int]) -> list[WindowRead]:
+    """The windows of row ``i`` and columns ``batch`` (:func:`read_window`)."""
+    row, size_y = plan.rows[i]
+    return [read_window(ds, row, plan.cols[j][0], (size_y, plan.cols[j][1]), ds.nodata) for j in batch]
+
+
+def _predict_batch(
+    strip: StripWriter,
+    predictor: Network,
+    plan: WindowPlan,
+    settings: PredictSettings,
+    i: int,
+    batch: list[int],
+    reads: list[WindowRead],
+    counts: dict[str, int],
+) -> None:
+    """Predict the windows ``reads`` (row ``i``, columns ``batch``) and add them to ``strip``; count
+    skipped windows (no valid pixel: no network call) and network calls."""
+    keep = [k for k, r in enumerate(reads) if r[1].any()]
+    counts["windows_skipped"] += len(batch) - len(keep)
+    if not keep:
+        return
+    counts["network_calls"] += len(tta_transforms(settings.tta))
+    x = reads[keep[0]][0][None] if len(keep) == 1 else np.stack([reads[k][0] for k in keep])
+    prob = predict_windows(predictor, x, settings.tta)
+    for p, k in enumerate(keep):
+        _, valid, h, w = reads[k]
+        weight = plan.weight(i, batch[k], h, w)
+        strip.add(plan.rows[i][0], plan.cols[batch[k]][0], prob[p, :h, :w], weight, valid)
+
+
 # --------------------------------------------------------------------------- test-time augmentation
 
 
@@ -224,15 +382,15 @@ def _backward(y: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
     return np.rot90(y, -turns, axes=(1, 2)) if turns else y
 
 
-def predict_windows(predictor: Predictor, x: np.ndarray, tta: str = "none") -> np.ndarray:
-    """Probabilities (B, h, w) float32 of a batch of windows ``x`` (B, h, w, C), averaged over ``tta``."""
-    out = np.zeros(x.shape[:3], dtype=np.float32)
+def predict_windows(predictor: Network, x: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Calibrated probabilities (B, h, w) float32 of a batch of windows ``x`` (B, h, w, C), averaged
+    over ``tta``."""
     transforms = tta_transforms(tta)
+    if transforms == [(0, False)]:
+        return predictor.run(np.ascontiguousarray(x, dtype=np.float32))
+    out = np.zeros(x.shape[:3], dtype=np.float32)
     for turns, mirror in transforms:
         xt = np.ascontiguousarray(_forward(x, turns, mirror), dtype=np.float32)
-        model = predictor.model_for(xt.shape[1], xt.shape[2])
-        y = predictor.calibrated(np.asarray(model.predict_on_batch(xt))[..., 0])
-        out += _backward(y, turns, mirror)
-    if len(transforms) > 1:
-        out /= len(transforms)
+        out += _backward(predictor.run(xt), turns, mirror)
+    out /= len(transforms)
     return out
