@@ -43,9 +43,9 @@ from cinderseg.data.mask import load_labels
 
 def candidates(fold_dir: Path, name: str) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
     """The candidates of a region mapped by the fold's model, with their features (cached)."""
-    cache = fold_dir / "second_stage" / f"{name}_candidates.parquet"
+    cache = fold_dir / "second_stage" / f"{name}_candidates.gpkg"
     if cache.exists():
-        table = gpd.read_parquet(cache)
+        table = gpd.read_file(cache)
         return table, table[list(FEATURES)]
     dem = fold_dir / f"results/dem/{name}.tif"
     prob = fold_dir / f"results/predictions/{name}.tif"
@@ -53,7 +53,7 @@ def candidates(fold_dir: Path, name: str) -> tuple[gpd.GeoDataFrame, pd.DataFram
     cones, feats = candidate_features(propose(dem, net), dem, prob)
     table = gpd.GeoDataFrame(feats.reset_index(drop=True), geometry=cones.geometry.values, crs=cones.crs)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(cache)
+    table.to_file(cache, driver="GPKG", engine="pyogrio")
     return table, feats
 
 
