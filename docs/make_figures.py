@@ -33,7 +33,9 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from cinderseg.assess.evaluate import EvaluateSettings, match_cones, scores
+from cinderseg.assess.matching import match_cones
+from cinderseg.assess.pixels import scores
+from cinderseg.assess.settings import EvaluateSettings
 from cinderseg.data.mask import load_labels
 from cinderseg.terrain.hillshade import hillshade
 
