@@ -144,6 +144,12 @@ def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else repr(float(v))
 
 
+def _snap(v: float) -> float:
+    """``v`` rounded to a whole number when within 1e-6 of one (pixel offsets of a mosaic)."""
+    r = round(v)
+    return float(r) if abs(v - r) < 1e-6 else v
+
+
 def _mosaic_vrt_xml(group: list[_Source]) -> str:
     """A float32 VRT mosaic of ``group`` in its own CRS and grid; every kind of nodata becomes NaN.
 
@@ -173,10 +179,12 @@ def _mosaic_vrt_xml(group: list[_Source]) -> str:
         if len(group) == 1:
             xoff, yoff, xsize, ysize = 0.0, 0.0, float(src.width), float(src.height)
         else:
-            xoff = (src.bounds[0] - gt.c) / gt.a
-            yoff = (src.bounds[3] - gt.f) / gt.e
-            xsize = src.width * src.transform.a / gt.a
-            ysize = src.height * src.transform.e / gt.e
+            # whole pixels where rounding errors left them a hair off: GDAL resamples a fractional
+            # DstRect, and differently for each window read (a tile's pixels would differ from the region's)
+            xoff = _snap((src.bounds[0] - gt.c) / gt.a)
+            yoff = _snap((src.bounds[3] - gt.f) / gt.e)
+            xsize = _snap(src.width * src.transform.a / gt.a)
+            ysize = _snap(src.height * src.transform.e / gt.e)
         parts += [
             "<ComplexSource>",
             f'<SourceFilename relativeToVRT="0">{escape(str(src.path))}</SourceFilename>',
@@ -289,13 +297,24 @@ def _read_mosaic(warped: list[WarpedVRT], window: Window) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Target:
+class DemGrid:
     """The output grid: a projected CRS in metres, a north-up transform and its size in pixels."""
 
     crs: CRS
     transform: Affine
     width: int
     height: int
+
+    @property
+    def resolution_m(self) -> float:
+        """Pixel size in metres (square pixels)."""
+        return float(self.transform.a)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in the grid's CRS, metres."""
+        t = self.transform
+        return t.c, t.f + self.height * t.e, t.c + self.width * t.a, t.f
 
 
 def _check_arguments(
@@ -318,9 +337,13 @@ def _plan(
     crs: CRS | None,
     bbox: tuple[float, float, float, float] | None,
     what: str,
-) -> tuple[list[_Source], _Target]:
+    bounds: tuple[float, float, float, float] | None = None,
+) -> tuple[list[_Source], DemGrid]:
     """The sources that meet ``bbox`` and the output grid: ``crs`` (default the UTM zone of the centre),
-    square pixels of ``resolution_m`` covering the sources' extent clipped to ``bbox``."""
+    square pixels of ``resolution_m`` covering the sources' extent clipped to ``bbox``; with ``bounds``
+    (in ``crs``), the grid covering exactly them and the sources that meet them."""
+    if bounds is not None and crs is not None:
+        return _plan_bounds(srcs, resolution_m, crs, bounds, what)
     extent_ll = _union([s.lonlat for s in srcs])
     if bbox is not None:
         kept = [s for s in srcs if _intersect(s.lonlat, bbox) is not None]
@@ -350,15 +373,74 @@ def _plan(
             f"{what}: the grid would be {width} x {height} px at resolution_m={resolution_m} "
             f"for {_names(srcs)}; check resolution_m and bbox"
         )
-    return srcs, _Target(crs, transform, width, height)
+    return srcs, DemGrid(crs, transform, width, height)
 
 
-def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: _Target) -> list[WarpedVRT]:
+def _plan_bounds(
+    srcs: list[_Source],
+    resolution_m: float,
+    crs: CRS,
+    bounds: tuple[float, float, float, float],
+    what: str,
+) -> tuple[list[_Source], DemGrid]:
+    """The grid of ``resolution_m`` covering ``bounds`` (metres in ``crs``) and the sources meeting it."""
+    kept = [
+        s for s in srcs if _intersect(transform_bounds(s.crs, crs, *s.bounds, densify_pts=_DENSIFY), bounds)
+    ]
+    if not kept:
+        raise InputError(f"{what}: no source meets the grid {[round(v, 1) for v in bounds]}: {_names(srcs)}")
+    transform, width, height = target_grid(bounds, float(resolution_m))
+    if width < 2 or height < 2:
+        raise InputError(f"{what}: the grid {[round(v, 1) for v in bounds]} is under 2 x 2 px")
+    return kept, DemGrid(crs, transform, width, height)
+
+
+def plan_dem_grid(
+    sources: Sequence[Path],
+    *,
+    resolution_m: float,
+    crs: str | None = None,
+    bbox_lonlat: Sequence[float] | None = None,
+    nodata: float | None = None,
+    region: str = "",
+) -> tuple[DemGrid, list[tuple[float, float, float, float]]]:
+    """The grid :func:`prepare_dem` writes for these arguments, from the sources' headers alone (no
+    pixel is read), and each kept source's bounding rectangle in the grid's CRS (metres)."""
+    what = grid_what("DEM", region)
+    _check_arguments(resolution_m, 0, 16, nodata, region)
+    dst_crs = check_metric_crs(crs, _region_prefix(region)) if crs is not None else None
+    bbox = _check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
+    srcs, grid = _plan(
+        [_inspect(Path(p), nodata, region) for p in sources], resolution_m, dst_crs, bbox, what
+    )
+    rects = [transform_bounds(s.crs, grid.crs, *s.bounds, densify_pts=_DENSIFY) for s in srcs]
+    return grid, rects
+
+
+def bbox_grid(
+    bbox_lonlat: Sequence[float], *, resolution_m: float, crs: str | None = None, region: str = ""
+) -> DemGrid:
+    """The grid :func:`prepare_dem` writes for sources covering all of ``bbox_lonlat`` (degrees,
+    [west, south, east, north]) clipped to it: ``crs`` (default the UTM zone of the bbox's centre),
+    square pixels of ``resolution_m`` covering the bbox. Needs no source (USGS 3DEP before download)."""
+    west, south, east, north = _check_bbox(bbox_lonlat, region)
+    _check_arguments(resolution_m, 0, 16, None, region)
+    if crs is not None:
+        dst_crs = check_metric_crs(crs, _region_prefix(region))
+    else:
+        dst_crs = utm_crs_for_lonlat((west + east) / 2, (south + north) / 2)
+    rect = transform_bounds(LONLAT, dst_crs, west, south, east, north, densify_pts=_DENSIFY)
+    transform, width, height = target_grid(rect, float(resolution_m))
+    return DemGrid(dst_crs, transform, width, height)
+
+
+def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: DemGrid) -> list[WarpedVRT]:
     """One bilinear warp onto ``target`` per group of sources sharing a mosaic (closed with ``stack``)."""
     warped = []
     for group in _group_sources(srcs):
         memfile = stack.enter_context(MemoryFile(_mosaic_vrt_xml(group).encode(), ext=".vrt"))
         mosaic = stack.enter_context(memfile.open())
+        xscale, yscale = _resampling_scales(group[0], target)
         vrt = WarpedVRT(
             mosaic,
             crs=target.crs,
@@ -370,13 +452,25 @@ def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: _T
             nodata=NODATA_FLOAT,
             dtype="float32",
             tolerance=0.01,
+            XSCALE=xscale,
+            YSCALE=yscale,
         )
         warped.append(stack.enter_context(vrt))
     return warped
 
 
+def _resampling_scales(src: _Source, target: DemGrid) -> tuple[float, float]:
+    """Target pixels per source pixel along x and y (below 1: the bilinear kernel widens to average).
+
+    GDAL computes them for each chunk it warps, so a pixel's value would depend on the window read (a
+    tile's pixels would differ from the whole region's); one ratio per source, as GDAL advises."""
+    west, south, east, north = transform_bounds(src.crs, target.crs, *src.bounds, densify_pts=_DENSIFY)
+    res = target.resolution_m
+    return float((east - west) / src.width / res), float((north - south) / src.height / res)
+
+
 def _write(
-    srcs: list[_Source], out_path: Path, target: _Target, fill_max_void_px: int, block_px: int, what: str
+    srcs: list[_Source], out_path: Path, target: DemGrid, fill_max_void_px: int, block_px: int, what: str
 ) -> tuple[int, int]:
     """Warp, fill and write the DEM block by block; (valid pixels, filled void pixels)."""
     halo = 2 * fill_max_void_px + 2 if fill_max_void_px > 0 else 0
@@ -430,6 +524,7 @@ def prepare_dem(
     fill_max_void_px: int = 10,
     block_px: int = 2048,
     region: str = "",
+    bounds: Sequence[float] | None = None,
 ) -> None:
     """Mosaic ``sources``, reproject to a metric grid, clip, fill small voids and write ``out_path``.
 
@@ -442,6 +537,9 @@ def prepare_dem(
       become ``NODATA_FLOAT``. Elevation is resampled bilinearly from valid pixels only.
     - ``fill_max_void_px``: voids at most this many output pixels across are interpolated; 0: none.
     - ``block_px``: block size of the windowed warp and write.
+    - ``bounds``: [xmin, ymin, xmax, ymax] in ``crs`` (metres, needs ``crs``): the output is exactly
+      the grid covering them (one map tile of a larger region's grid, :mod:`cinderseg.terrain.maptiles`);
+      ``bbox_lonlat`` is then not used, and sources that do not meet them are skipped.
 
     Raises InputError (one line naming the region and file) for unusable input.
     """
@@ -452,7 +550,17 @@ def prepare_dem(
         raise InputError(f"{what}: no source file given")
     dst_crs = check_metric_crs(crs, _region_prefix(region)) if crs is not None else None
     bbox = _check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
-    srcs, target = _plan([_inspect(p, nodata, region) for p in paths], resolution_m, dst_crs, bbox, what)
+    if bounds is not None and dst_crs is None:
+        raise InputError(f"{what}: bounds {list(bounds)} need a crs")
+    rect = tuple(float(v) for v in bounds) if bounds is not None else None
+    srcs, target = _plan(
+        [_inspect(p, nodata, region) for p in paths],
+        resolution_m,
+        dst_crs,
+        bbox,
+        what,
+        rect,  # type: ignore[arg-type]
+    )
     t = target.transform
     log.info(
         "%s: %d source(s) -> %s, %d x %d px of %s m, origin (%.1f, %.1f)",
