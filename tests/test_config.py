@@ -228,7 +228,7 @@ def test_the_reference_lists_every_key_of_every_section() -> None:
     assert list(chunks) == list(schema["properties"])
     region = schema["definitions"]["region"]["properties"]
     keys = {name: list(section.get("properties", {})) for name, section in schema["properties"].items()}
-    keys["regions"] = [*region, *region["synthetic"]["properties"]]
+    keys["regions"] = [*region, *region["tiles"]["properties"], *region["synthetic"]["properties"]]
     keys["crossval"] += ["rows", "cols", "gap_m"]
     for name, chunk in chunks.items():
         rows = [line for line in chunk.splitlines() if line.startswith("| `")]
