@@ -54,7 +54,7 @@ rule tile_features:
         features=config["features"],
         label=tile_label,
     script:
-        "../scripts/features.py"
+        "../scripts/tile_step.py"
 
 
 rule tile_predict:
@@ -80,9 +80,9 @@ rule tile_predict:
         predict=predict_settings,
         channels=config["features"]["channels"],
         tile_size=expected_tile_size,
-        region=tile_label,
+        label=tile_label,
     script:
-        "../scripts/predict.py"
+        "../scripts/tile_step.py"
 
 
 rule tile_vectorize:
@@ -108,7 +108,7 @@ rule tile_vectorize:
         vectorize=config["vectorize"],
         label=tile_label,
     script:
-        "../scripts/tile_vectorize.py"
+        "../scripts/tile_step.py"
 
 
 rule tile_baseline:
@@ -134,7 +134,7 @@ rule tile_baseline:
         ring_width_px=config["vectorize"]["ring_width_px"],
         label=tile_label,
     script:
-        "../scripts/baseline.py"
+        "../scripts/tile_step.py"
 
 
 rule mosaic_dem:

@@ -1,5 +1,4 @@
-"""Snakemake script of rules baseline and tile_baseline: the classical LoG cone detector, measured like
-the network's cones."""
+"""Snakemake script of rule baseline: the classical LoG cone detector, measured like the network's cones."""
 
 from cinderseg.cones.baseline import BaselineSettings, run_baseline
 from cinderseg.core.step import run_step
@@ -10,6 +9,6 @@ run_step(
     snakemake.input.dem,
     snakemake.output.cones,
     BaselineSettings.from_config(snakemake.params.baseline),
-    region=snakemake.params.get("label") or snakemake.wildcards.region,
+    region=snakemake.wildcards.region,
     ring_width_px=snakemake.params.ring_width_px,
 )

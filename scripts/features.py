@@ -1,4 +1,4 @@
-"""Snakemake script of rules features and tile_features: the channel stack computed from the DEM."""
+"""Snakemake script of rule features: the channel stack computed from the DEM."""
 
 from cinderseg.core.step import run_step
 from cinderseg.terrain.features import FeatureSettings, compute_features
@@ -14,5 +14,5 @@ run_step(
     snakemake.input.dem,
     snakemake.output.features,
     snakemake.params.features,
-    snakemake.params.get("label") or snakemake.wildcards.region,
+    snakemake.wildcards.region,
 )

@@ -17,13 +17,23 @@ from rasterio.transform import from_origin
 from shapely.geometry import Point
 
 from cinderseg.cones.baseline import BaselineSettings, run_baseline
+from cinderseg.cones.vectorize import VectorizeSettings
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
-from cinderseg.terrain.dem import DemGrid, bbox_grid, plan_dem_grid, prepare_dem
-from cinderseg.terrain.maptiles import MapTile, mosaic_cores, plan_map_tiles
+from cinderseg.terrain.dem import DemGrid, plan_dem_grid, prepare_dem
+from cinderseg.terrain.features import FeatureSettings
+from cinderseg.terrain.maptiles import MapTile, bbox_grid, has_data, mosaic_cores, plan_map_tiles
 from cinderseg.workflow import paths
 from cinderseg.workflow.config import validate_config
-from cinderseg.workflow.maptiles import RegionTiles, merge_tile_cones, region_tiles, tiled_regions
+from cinderseg.workflow.maptiles import (
+    RegionTiles,
+    merge_tile_cones,
+    region_tiles,
+    tile_baseline,
+    tile_features,
+    tile_vectorize,
+    tiled_regions,
+)
 from tests.workflow_helpers import snakemake_command
 
 UTM = rasterio.crs.CRS.from_epsg(32605)
@@ -129,6 +139,28 @@ def test_a_bbox_grid_is_the_grid_the_dem_step_writes(srtm_like: dict[str, Path],
         assert (ds.crs, ds.transform, ds.width, ds.height) == (g.crs, g.transform, g.width, g.height)
     with pytest.raises(InputError, match=r"bounds .* need a crs"):
         prepare_dem(sources, tmp_path / "x.tif", resolution_m=30.0, bounds=g.bounds)
+
+
+def test_a_tile_without_data_gets_empty_outputs(tmp_path: Path) -> None:
+    sea = half_sea_dem(tmp_path / "sea.tif")
+    east = (201_000 + 100 * 30, 2_199_900 - 100 * 30, 201_000 + 200 * 30, 2_199_900)
+    dem = tmp_path / "dem.tif"
+    with pytest.raises(InputError, match="no valid elevation"):
+        prepare_dem([sea], dem, resolution_m=30.0, crs="EPSG:32605", bounds=east)
+    prepare_dem([sea], dem, resolution_m=30.0, crs="EPSG:32605", bounds=east, allow_empty=True)
+    far = (300_000.0, 2_000_000.0, 303_000.0, 2_003_000.0)  # meets no source at all
+    prepare_dem([], tmp_path / "far.tif", resolution_m=30.0, crs="EPSG:32605", bounds=far, allow_empty=True)
+    for path in (dem, tmp_path / "far.tif"):
+        assert not has_data(path)
+    assert has_data(sea)
+    tile_features(dem, tmp_path / "f.tif", FeatureSettings(), label="sea tile r00c01")
+    with rasterio.open(tmp_path / "f.tif") as ds:
+        assert ds.descriptions == FeatureSettings().channels and ds.tags()["empty"]
+        assert (ds.read() == NODATA_FLOAT).all() and ds.shape == (100, 100)
+    tile_vectorize(tmp_path / "f.tif", dem, tmp_path / "c.gpkg", VectorizeSettings(), label="t")
+    tile_baseline(dem, tmp_path / "b.gpkg", BaselineSettings(), label="t", ring_width_px=2)
+    cones, base = gpd.read_file(tmp_path / "c.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
+    assert len(cones) == len(base) == 0 and "height_m" in cones.columns and "score" in base.columns
 
 
 # --------------------------------------------------------------------------- mosaics
@@ -328,6 +360,9 @@ def test_the_tiled_region_equals_the_whole_one(srtm_like: dict[str, Path], tmp_p
     cfg = labelled_tiled_config(srtm_like, size_km=17, margin_m=3000)
     cfg["regions"]["whole"].update(role="predict")
     cfg["regions"]["whole"].pop("labels")
+    # and a region half sea (nodata): its eastern tile has no data at all
+    sea = {"source": "file", "dem": str(half_sea_dem(tmp_path / "sea.tif")), "role": "predict"}
+    cfg["regions"]["sea"] = {**sea, "tiles": {"size_km": 3, "margin_m": 0}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.run(
         snakemake_command(tmp_path, "--configfile", "c.yaml"), capture_output=True, text=True, cwd=tmp_path
@@ -361,6 +396,33 @@ def test_the_tiled_region_equals_the_whole_one(srtm_like: dict[str, Path], tmp_p
     assert json.loads((tmp_path / paths.METRICS.format(region="tiled")).read_text())
     logs = sorted(p.name for p in (tmp_path / paths.LOGS / "predict" / "tiled").iterdir())
     assert logs == ["r00c00.log", "r00c01.log"]
+    east = tmp_path / paths.TILE_PROBABILITY.format(region="sea", maptile="r00c01")
+    with rasterio.open(east) as ds:
+        assert ds.tags()["empty"] and (ds.read(1) == NODATA_FLOAT).all()
+    with rasterio.open(tmp_path / paths.PROBABILITY.format(region="sea")) as ds:
+        prob = ds.read(1)
+        assert ds.tags()["model"] and "empty" not in ds.tags()  # the western tile's metadata
+    assert (prob[:, 100:] == NODATA_FLOAT).all() and (prob[:, :100] != NODATA_FLOAT).all()
+    assert gpd.read_file(tmp_path / paths.CONES.format(region="sea")).crs == UTM
+
+
+def half_sea_dem(path: Path) -> Path:
+    """A 200 x 100 px DEM at 30 m in EPSG:32605, hills in its western half, nodata (sea) in the east."""
+    rows, cols = np.mgrid[0:100, 0:200]
+    z = 200.0 + 3.0 * rows + 40.0 * np.exp(-((rows - 50) ** 2 + (cols - 50) ** 2) / 200.0)
+    z[:, 100:] = -32768
+    profile = geotiff_profile(
+        width=200,
+        height=100,
+        count=1,
+        dtype="float32",
+        crs=UTM,
+        transform=from_origin(201_000, 2_199_900, 30, 30),
+        nodata=-32768,
+    )
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(z.astype(np.float32), 1)
+    return path
 
 
 TEMPLATES = {

@@ -76,7 +76,8 @@ def _region_prefix(region: str) -> str:
     return f"region '{region}'" if region else "dem"
 
 
-def _check_bbox(bbox: Sequence[float], region: str) -> tuple[float, float, float, float]:
+def check_bbox(bbox: Sequence[float], region: str) -> tuple[float, float, float, float]:
+    """``bbox`` as (west, south, east, north) in degrees; InputError naming the region unless valid."""
     vals = [float(v) for v in bbox]
     ok = len(vals) == 4 and all(math.isfinite(v) for v in vals)
     if ok:
@@ -283,16 +284,12 @@ def fill_small_voids(data: np.ndarray, max_void_px: int) -> tuple[np.ndarray, in
 
 def _read_mosaic(warped: list[WarpedVRT], window: Window) -> np.ndarray:
     """Read ``window`` of the warped sources, first valid value wins; nodata as NaN (float32)."""
-    out: np.ndarray | None = None
+    out = np.full((int(window.height), int(window.width)), np.nan, dtype=np.float32)
     for vrt in warped:
         arr = vrt.read(1, window=window, out_dtype="float32")
         arr[arr == NODATA_FLOAT] = np.nan
-        if out is None:
-            out = arr
-        else:
-            take = np.isnan(out) & ~np.isnan(arr)
-            out[take] = arr[take]
-    assert out is not None
+        take = np.isnan(out) & ~np.isnan(arr)
+        out[take] = arr[take]
     return out
 
 
@@ -338,12 +335,13 @@ def _plan(
     bbox: tuple[float, float, float, float] | None,
     what: str,
     bounds: tuple[float, float, float, float] | None = None,
+    allow_empty: bool = False,
 ) -> tuple[list[_Source], DemGrid]:
     """The sources that meet ``bbox`` and the output grid: ``crs`` (default the UTM zone of the centre),
     square pixels of ``resolution_m`` covering the sources' extent clipped to ``bbox``; with ``bounds``
-    (in ``crs``), the grid covering exactly them and the sources that meet them."""
+    (in ``crs``), the grid covering exactly them and the sources that meet them (maybe none)."""
     if bounds is not None and crs is not None:
-        return _plan_bounds(srcs, resolution_m, crs, bounds, what)
+        return _plan_bounds(srcs, resolution_m, crs, bounds, what, allow_empty)
     extent_ll = _union([s.lonlat for s in srcs])
     if bbox is not None:
         kept = [s for s in srcs if _intersect(s.lonlat, bbox) is not None]
@@ -382,12 +380,13 @@ def _plan_bounds(
     crs: CRS,
     bounds: tuple[float, float, float, float],
     what: str,
+    allow_empty: bool,
 ) -> tuple[list[_Source], DemGrid]:
     """The grid of ``resolution_m`` covering ``bounds`` (metres in ``crs``) and the sources meeting it."""
     kept = [
         s for s in srcs if _intersect(transform_bounds(s.crs, crs, *s.bounds, densify_pts=_DENSIFY), bounds)
     ]
-    if not kept:
+    if not kept and not allow_empty:
         raise InputError(f"{what}: no source meets the grid {[round(v, 1) for v in bounds]}: {_names(srcs)}")
     transform, width, height = target_grid(bounds, float(resolution_m))
     if width < 2 or height < 2:
@@ -409,29 +408,12 @@ def plan_dem_grid(
     what = grid_what("DEM", region)
     _check_arguments(resolution_m, 0, 16, nodata, region)
     dst_crs = check_metric_crs(crs, _region_prefix(region)) if crs is not None else None
-    bbox = _check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
+    bbox = check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
     srcs, grid = _plan(
         [_inspect(Path(p), nodata, region) for p in sources], resolution_m, dst_crs, bbox, what
     )
     rects = [transform_bounds(s.crs, grid.crs, *s.bounds, densify_pts=_DENSIFY) for s in srcs]
     return grid, rects
-
-
-def bbox_grid(
-    bbox_lonlat: Sequence[float], *, resolution_m: float, crs: str | None = None, region: str = ""
-) -> DemGrid:
-    """The grid :func:`prepare_dem` writes for sources covering all of ``bbox_lonlat`` (degrees,
-    [west, south, east, north]) clipped to it: ``crs`` (default the UTM zone of the bbox's centre),
-    square pixels of ``resolution_m`` covering the bbox. Needs no source (USGS 3DEP before download)."""
-    west, south, east, north = _check_bbox(bbox_lonlat, region)
-    _check_arguments(resolution_m, 0, 16, None, region)
-    if crs is not None:
-        dst_crs = check_metric_crs(crs, _region_prefix(region))
-    else:
-        dst_crs = utm_crs_for_lonlat((west + east) / 2, (south + north) / 2)
-    rect = transform_bounds(LONLAT, dst_crs, west, south, east, north, densify_pts=_DENSIFY)
-    transform, width, height = target_grid(rect, float(resolution_m))
-    return DemGrid(dst_crs, transform, width, height)
 
 
 def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: DemGrid) -> list[WarpedVRT]:
@@ -470,9 +452,16 @@ def _resampling_scales(src: _Source, target: DemGrid) -> tuple[float, float]:
 
 
 def _write(
-    srcs: list[_Source], out_path: Path, target: DemGrid, fill_max_void_px: int, block_px: int, what: str
+    srcs: list[_Source],
+    out_path: Path,
+    target: DemGrid,
+    fill_max_void_px: int,
+    block_px: int,
+    what: str,
+    allow_empty: bool = False,
 ) -> tuple[int, int]:
-    """Warp, fill and write the DEM block by block; (valid pixels, filled void pixels)."""
+    """Warp, fill and write the DEM block by block; (valid pixels, filled void pixels). InputError if
+    no pixel is valid, unless ``allow_empty``."""
     halo = 2 * fill_max_void_px + 2 if fill_max_void_px > 0 else 0
     height, width = target.height, target.width
     profile = geotiff_profile(
@@ -505,7 +494,7 @@ def _write(
                 raise InputError(
                     f"{what}: reading {_names(srcs)} failed ({str(err).splitlines()[0]})"
                 ) from err
-            if n_valid == 0:
+            if n_valid == 0 and not allow_empty:
                 raise InputError(
                     f"{what}: no valid elevation in {_names(srcs)} within the target grid "
                     "(all nodata; check the nodata value and bbox)"
@@ -525,6 +514,7 @@ def prepare_dem(
     block_px: int = 2048,
     region: str = "",
     bounds: Sequence[float] | None = None,
+    allow_empty: bool = False,
 ) -> None:
     """Mosaic ``sources``, reproject to a metric grid, clip, fill small voids and write ``out_path``.
 
@@ -540,27 +530,22 @@ def prepare_dem(
     - ``bounds``: [xmin, ymin, xmax, ymax] in ``crs`` (metres, needs ``crs``): the output is exactly
       the grid covering them (one map tile of a larger region's grid, :mod:`cinderseg.terrain.maptiles`);
       ``bbox_lonlat`` is then not used, and sources that do not meet them are skipped.
+    - ``allow_empty``: write a DEM without any valid pixel (a map tile over the sea) instead of failing.
 
     Raises InputError (one line naming the region and file) for unusable input.
     """
     what = grid_what("DEM", region)
     _check_arguments(resolution_m, fill_max_void_px, block_px, nodata, region)
     paths = [Path(p) for p in ([sources] if isinstance(sources, str | os.PathLike) else sources)]
-    if not paths:
+    if not paths and not (allow_empty and bounds is not None):
         raise InputError(f"{what}: no source file given")
     dst_crs = check_metric_crs(crs, _region_prefix(region)) if crs is not None else None
-    bbox = _check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
+    bbox = check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
     if bounds is not None and dst_crs is None:
         raise InputError(f"{what}: bounds {list(bounds)} need a crs")
-    rect = tuple(float(v) for v in bounds) if bounds is not None else None
-    srcs, target = _plan(
-        [_inspect(p, nodata, region) for p in paths],
-        resolution_m,
-        dst_crs,
-        bbox,
-        what,
-        rect,  # type: ignore[arg-type]
-    )
+    rect = (*(float(v) for v in bounds),) if bounds is not None else None
+    srcs = [_inspect(p, nodata, region) for p in paths]
+    srcs, target = _plan(srcs, resolution_m, dst_crs, bbox, what, rect, allow_empty)  # type: ignore[arg-type]
     t = target.transform
     log.info(
         "%s: %d source(s) -> %s, %d x %d px of %s m, origin (%.1f, %.1f)",
@@ -573,7 +558,9 @@ def prepare_dem(
         t.c,
         t.f,
     )
-    n_valid, n_filled = _write(srcs, Path(out_path), target, fill_max_void_px, block_px, what)
+    n_valid, n_filled = _write(srcs, Path(out_path), target, fill_max_void_px, block_px, what, allow_empty)
+    if n_valid == 0:
+        log.warning("%s: no valid elevation within the grid; wrote an empty DEM: %s", what, out_path)
     log.info(
         "%s: wrote %s; %.1f%% valid, %d void px filled",
         what,

@@ -26,11 +26,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from cinderseg.core.errors import InputError
-from cinderseg.core.raster import atomic_write, geotiff_profile, iter_windows, open_raster
-from cinderseg.terrain.dem import DemGrid
+from cinderseg.core.grid import check_metric_crs
+from cinderseg.core.raster import (
+    NODATA_FLOAT,
+    atomic_write,
+    geotiff_profile,
+    iter_windows,
+    open_raster,
+    utm_crs_for_lonlat,
+    valid_pixels,
+)
+from cinderseg.terrain.dem import LONLAT, DemGrid, check_bbox, target_grid
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,9 @@ log = logging.getLogger(__name__)
 GDAL_CACHE_BYTES = 128 * 1024 * 1024
 #: The smallest tile size in pixels: cores are then at least half of it on each side (or the grid).
 MIN_TILE_PX = 64
+
+#: The tag of the rasters :func:`write_empty_raster` writes.
+EMPTY_TAG = "empty"
 
 PxWindow = tuple[int, int, int, int]
 
@@ -71,6 +84,23 @@ def _rect(window: PxWindow, grid: DemGrid) -> tuple[float, float, float, float]:
     r0, r1, c0, c1 = window
     t = grid.transform
     return t.c + c0 * t.a, t.f + r1 * t.e, t.c + c1 * t.a, t.f + r0 * t.e
+
+
+def bbox_grid(
+    bbox_lonlat: Sequence[float], *, resolution_m: float, crs: str | None = None, region: str = ""
+) -> DemGrid:
+    """The grid :func:`cinderseg.terrain.dem.prepare_dem` writes for sources covering all of
+    ``bbox_lonlat`` (degrees, [west, south, east, north]) clipped to it: ``crs`` (default the UTM zone
+    of the bbox's centre), square pixels of ``resolution_m`` covering the bbox. Needs no source (USGS
+    3DEP before download)."""
+    west, south, east, north = check_bbox(bbox_lonlat, region)
+    if crs is not None:
+        dst_crs = check_metric_crs(crs, f"region '{region}'" if region else "dem")
+    else:
+        dst_crs = utm_crs_for_lonlat((west + east) / 2, (south + north) / 2)
+    rect = transform_bounds(LONLAT, dst_crs, west, south, east, north, densify_pts=21)
+    transform, width, height = target_grid(rect, float(resolution_m))
+    return DemGrid(dst_crs, transform, width, height)
 
 
 def _edges(n_px: int, n_parts: int) -> list[int]:
@@ -134,9 +164,9 @@ def mosaic_cores(
     """Write the region's raster ``out_path`` (GeoTIFF on ``grid``) from the cores of the tiles' rasters.
 
     Each pixel comes from the one tile whose core holds it; pixels of no tile are nodata. Bands, data
-    type, nodata, band descriptions and tags are the first tile's; overviews are built when the tiles
-    have them. Written block by block (memory does not grow with the region) and atomically. InputError
-    (naming ``what`` and the file) when a tile is not on the grid.
+    type, nodata, band descriptions, tags and overviews are the first tile's that has data
+    (:func:`write_empty_raster` tags the others). Written block by block (memory does not grow with
+    the region) and atomically. InputError (naming ``what`` and the file) when a tile is not on the grid.
     """
     if len(tile_paths) != len(tiles) or not tiles:
         raise ValueError("mosaic_cores: one raster per tile expected")
@@ -147,7 +177,7 @@ def mosaic_cores(
         try:
             for ds, tile in zip(sources, tiles, strict=True):
                 _check_on_grid(ds, tile, grid, what)
-            first = sources[0]
+            first = next((ds for ds in sources if EMPTY_TAG not in ds.tags()), sources[0])
             profile = geotiff_profile(
                 width=grid.width,
                 height=grid.height,
@@ -212,3 +242,41 @@ def _check_on_grid(ds: rasterio.DatasetReader, tile: MapTile, grid: DemGrid, wha
             f"{what}: tile {tile.name} is not on the region's grid ({ds.width} x {ds.height} px at "
             f"({ds.transform.c:.1f}, {ds.transform.f:.1f})): {ds.name}; rerun its jobs"
         )
+
+
+def has_data(path: str | os.PathLike[str], *, what: str = "raster") -> bool:
+    """True if the raster's first band holds a valid pixel (read block by block, stopping at the first)."""
+    with open_raster(path, what=what) as ds:
+        for win in iter_windows(ds.height, ds.width, 2048):
+            if valid_pixels(ds.read(1, window=win), ds.nodata).any():
+                return True
+    return False
+
+
+def write_empty_raster(
+    template: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    bands: Sequence[str | None],
+    **tags: str,
+) -> None:
+    """A float32 raster of nodata (``NODATA_FLOAT``) on ``template``'s grid, one band per item of
+    ``bands`` (the band descriptions), tagged :data:`EMPTY_TAG` and ``tags``: the features or
+    probability map of a tile without data."""
+    with open_raster(template) as ds:
+        profile = geotiff_profile(
+            width=ds.width,
+            height=ds.height,
+            count=len(bands),
+            dtype="float32",
+            crs=ds.crs,
+            transform=ds.transform,
+            nodata=NODATA_FLOAT,
+        )
+    with atomic_write(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.descriptions = tuple(bands)
+        dst.update_tags(**tags, **{EMPTY_TAG: "no valid pixel in this tile"})
+        for win in iter_windows(profile["height"], profile["width"], 2048):
+            dst.write(
+                np.full((len(bands), int(win.height), int(win.width)), NODATA_FLOAT, np.float32), window=win
+            )
+    log.info("%s: no valid pixel; wrote an empty raster", os.fspath(out_path))

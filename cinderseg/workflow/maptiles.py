@@ -25,19 +25,23 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
+from cinderseg.cones.baseline import EXTRA_COLUMNS, BaselineSettings, run_baseline
 from cinderseg.cones.morphometry import empty_cone_layer, summarize_cones, write_cone_layer
 from cinderseg.cones.outline import suppress_overlaps
-from cinderseg.cones.vectorize import DEM_OUTLINE_MAX_OVERLAP
+from cinderseg.cones.vectorize import DEM_OUTLINE_MAX_OVERLAP, VectorizeSettings, vectorize_cones
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.raster import atomic_write
-from cinderseg.terrain.dem import DemGrid, bbox_grid, plan_dem_grid
-from cinderseg.terrain.maptiles import MapTile, plan_map_tiles
+from cinderseg.terrain.dem import DemGrid, plan_dem_grid
+from cinderseg.terrain.features import FeatureSettings, compute_features
+from cinderseg.terrain.maptiles import MapTile, bbox_grid, has_data, plan_map_tiles, write_empty_raster
 
 log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
 
 #: Two cones of neighbouring tiles overlapping by more than this fraction of the smaller are one.
 SEAM_MAX_OVERLAP = DEM_OUTLINE_MAX_OVERLAP
@@ -215,3 +219,44 @@ def write_merged_cone_products(
     )
     return cones
 
+
+# --------------------------------------------------------------------------- the steps of one tile
+# A tile without any valid elevation (the sea around an island, a void-only corner) gets empty outputs
+# of the right shape and columns instead of the steps' "all pixels are nodata" errors. (The predict
+# step's counterpart is in scripts/tile_step.py: this package never imports TensorFlow.)
+
+
+def tile_features(dem: PathLike, out: PathLike, settings: FeatureSettings, *, label: str) -> None:
+    """The features step of one tile (nodata bands for a tile without data)."""
+    if has_data(dem, what=f"DEM of {label}"):
+        compute_features(dem, out, settings, region=label)
+    else:
+        write_empty_raster(dem, out, settings.channels, channels=",".join(settings.channels))
+
+
+def tile_vectorize(
+    probability: PathLike, dem: PathLike, out: PathLike, settings: VectorizeSettings, *, label: str
+) -> None:
+    """The vectorize step of one tile, without figures (an empty layer for a tile without data)."""
+    if has_data(dem, what=f"DEM of {label}"):
+        vectorize_cones(probability, dem, out, settings, region=label)
+    else:
+        write_cone_layer(empty_cone_layer(_crs(dem)), out)
+
+
+def tile_baseline(
+    dem: PathLike, out: PathLike, settings: BaselineSettings, *, label: str, ring_width_px: int
+) -> None:
+    """The baseline step of one tile (an empty layer with the detector's columns for a tile without data)."""
+    if has_data(dem, what=f"DEM of {label}"):
+        run_baseline(dem, out, settings, region=label, ring_width_px=ring_width_px)
+    else:
+        empty = empty_cone_layer(_crs(dem))
+        for name in EXTRA_COLUMNS:
+            empty[name] = pd.Series([], dtype="float64")
+        write_cone_layer(empty, out)
+
+
+def _crs(path: PathLike) -> CRS:
+    with rasterio.open(path) as ds:
+        return ds.crs
