@@ -330,19 +330,15 @@ def tile_label(wildcards):
 
 
 def tile_dem_sources(wildcards):
-    """The DEM file(s) a tile's dem step reads: a 'file' region's files, or the cached 3DEP tiles
-    covering both the map tile and the region's bbox."""
+    """The DEM file(s) a tile's dem step reads: a 'file' region's files, or those of the region's
+    cached 3DEP tiles (covering its bbox) that meet the map tile."""
     region = config["regions"][wildcards.region]
     if region["source"] != "usgs3dep":
         return dem_sources(wildcards)
-    west, south, east, north = TILED[wildcards.region].lonlat(map_tile(wildcards))
-    bw, bs, be, bn = region["bbox"]
-    box = [max(west, bw), max(south, bs), min(east, be), min(north, bn)]
-    return (
-        tile_paths(box, region["product"])
-        if box[0] < box[2] and box[1] < box[3]
-        else []
+    meeting = tile_paths(
+        TILED[wildcards.region].lonlat(map_tile(wildcards)), region["product"]
     )
+    return [p for p in tile_paths(region["bbox"], region["product"]) if p in meeting]
 
 
 def tile_grid(wildcards):

@@ -56,6 +56,7 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
         "config/new_volcano.yaml",
         "config/fine_tune.yaml",
         "config/transfer_synthetic.yaml",
+        "config/map_tiles.yaml",
     ],
 )
 def test_shipped_configs_are_valid(path: str) -> None:

@@ -437,3 +437,25 @@ def _best_iou(geom, others: gpd.GeoDataFrame) -> float:
     """The largest IoU of ``geom`` with one of ``others`` (0 if none meets it)."""
     near = others.geometry.iloc[others.sindex.query(geom, predicate="intersects")]
     return max((geom.intersection(o).area / geom.union(o).area for o in near), default=0.0)
+
+
+def test_each_tile_of_a_3dep_region_reads_only_the_3dep_tiles_it_meets(tmp_path: Path) -> None:
+    # 10.5 x 16.6 km across the 3DEP tiles' seams at 155 W and 20 N; the map tiles' seam at 155.03 W
+    region = {"source": "usgs3dep", "bbox": [-155.08, 19.9, -154.98, 20.05], "role": "predict"}
+    region["tiles"] = {"size_km": 6, "margin_m": 0}
+    cfg = {"regions": {"edge": region}, "predict": {"model": "pretrained"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = snakemake_command(tmp_path, "--configfile", "c.yaml", "--dry-run")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [
+        dict(re.findall(r"^    (\w+): (.*)$", m.group(2), re.MULTILINE)) for m in JOB.finditer(proc.stdout)
+    ]
+    dems = {j["wildcards"]: j["input"].split(", ") for j in jobs if j.get("output", "").endswith("/dem.tif")}
+    assert len(dems) == 6  # 2 columns x 3 rows of 6 km
+    region_tiles = {f"USGS_13_n{lat}w{lon}.tif" for lat in (20, 21) for lon in (155, 156)}
+    for wildcards, inputs in dems.items():
+        names = {Path(p).name for p in inputs}
+        assert names <= region_tiles and names, wildcards
+        east = {n for n in names if "w155" in n}
+        assert not east if "c00" in wildcards else east, wildcards  # the western column: no eastern tile

@@ -1,11 +1,14 @@
-"""Regions mapped in tiles: the tile plan of each such region, and the merge of their cone layers.
+"""Regions mapped in tiles: the tile plan of each such region, the steps of one tile, and the merge of
+the tiles' cone layers.
 
 A region with a ``tiles`` block (``size_km``, ``margin_m``; see :mod:`cinderseg.terrain.maptiles`) is
 planned at the workflow's start-up from its sources' headers (``source: file``; no pixel is read) or
 its bbox (``source: usgs3dep``, before any download): the grid the dem step would write for the whole
 region, cut into tiles. The rules (``rules/maptiles.smk``) run dem, features, predict and vectorize on
 every tile, then mosaic the region's DEM and probability map from the tiles' cores
-(:func:`cinderseg.terrain.maptiles.mosaic_cores`) and merge its cones (:func:`merge_tile_cones`).
+(:func:`cinderseg.terrain.maptiles.mosaic_cores`) and merge its cones (:func:`merge_tile_cones`). A
+tile without any valid elevation gets empty outputs (:func:`tile_features`, :func:`tile_vectorize`,
+:func:`tile_baseline`).
 
 Seams: a tile keeps the cones whose centroid lies in its core (cores partition the grid, so each cone
 has one owner); a cone found by two tiles whose centroids fall on either side of a seam (outlines a
