@@ -6,7 +6,8 @@ Both train the same network (the default ``model`` section: unet_small, 16 base 
 seed, Adam, Tversky loss and metrics) on the same tiles: the training tiles of the default demo's
 training region (``config.yaml``'s synth_train, 1024 x 1024 px at 30 m, 224 px tiles at step 112),
 made here by the package's own steps. Each run is a fresh process with ``--threads`` TensorFlow
-threads; runs alternate (train step, plain fit, train step, ...) so that both see the same load.
+threads; runs alternate, in reverse order every other round (A B C, C B A, ...), so that on a shared
+machine every variant sees the same load on average.
 
 - **train step**: ``train_model`` as the workflow runs it (memory-mapped tiles read through the
   tf.data pipeline, positive oversampling, one of the 8 symmetries per tile, its callbacks and
@@ -150,8 +151,9 @@ def bench_train_throughput(
         )
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     loads = []
-    for _ in range(repeats):
-        for name, code in variants.items():
+    for repeat in range(repeats):
+        order = list(variants.items())
+        for name, code in order if repeat % 2 == 0 else order[::-1]:  # ABC CBA ...: the same load on average
             loads.append(os.getloadavg()[0])
             runs[name].append({k: round(v, 3) for k, v in run_code(code()).items()})
             print(f"  {name}: {runs[name][-1]} (load {loads[-1]:.1f})", flush=True)

@@ -8,7 +8,8 @@ about ``size_km`` that partition the grid exactly, and each core grown by ``marg
 alone, on the region's own grid (same CRS, pixel corners on the same multiples of the resolution), so
 the tiles' pixels coincide with the whole region's. The margin gives the steps the context they need
 at the core's edge (the features' neighbourhoods, the network's receptive field, whole cones and their
-DEM outlines): what a tile computes inside its core matches a single run over the region.
+DEM outlines): what a tile computes inside its core matches a single run over the region, up to the
+placement of the prediction windows (bench/README.md, S12).
 
 The region's rasters are then mosaicked from the cores (:func:`mosaic_cores`: each pixel from the one
 tile whose core holds it, block by block, flat memory), and its cones merged from the tiles
