@@ -21,11 +21,13 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/crossval.smk"
+include: "rules/maptiles.smk"
 
 
 wildcard_constraints:
     region=alternation(REGIONS),
     fold=alternation(list(FOLDS)),
+    maptile="r[0-9]+c[0-9]+",
 
 
 rule all:

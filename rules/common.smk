@@ -14,6 +14,7 @@ from cinderseg.workflow.config import (
     typed_overrides,
     validate_config,
 )
+from cinderseg.workflow.maptiles import tiled_regions
 from cinderseg.terrain.download import tile_paths
 from cinderseg.core.errors import ConfigError
 from cinderseg.data.folds import folds_from_config
@@ -38,6 +39,9 @@ try:
     config = validate_config(config, source=_config_source())
     check_input_files(config, source=_config_source())
     check_writable([paths.RESULTS, paths.RESOURCES])
+    # Regions mapped in tiles (regions.<name>.tiles): each one's grid and tiles, planned from its DEM
+    # files' headers or its bbox (cinderseg.workflow.maptiles; rules/maptiles.smk).
+    TILED = tiled_regions(config)
 except ConfigError as err:
     sys.exit(f"cinderseg: error: {err}")
 
@@ -55,6 +59,7 @@ SCENES = region_names(config, source="scene")
 FILE_BASED = region_names(config, source="file")
 USGS3DEP = region_names(config, source="usgs3dep")
 TRAINING = region_names(config, role="train")
+UNTILED = [name for name in REGIONS if name not in TILED]
 MODEL = config["model"]["name"]
 # Cross-validation folds (the crossval section) by name: <region>-b<i> (spatial), loro-<region>.
 FOLDS = folds_from_config(config)
@@ -302,11 +307,15 @@ def crossval_outputs(wildcards):
 
 
 def all_outputs(wildcards):
-    """Targets of the default target (all): every region's DEM and features, masks and tiles of labelled regions."""
-    targets = expand(paths.FEATURES, region=REGIONS)
+    """Targets of the default target (all): every region's DEM and features (a tiled region's DEM and
+    its tiles' features), masks of labelled regions and tiles of those mapped whole."""
+    targets = expand(paths.FEATURES, region=UNTILED)
+    for name, plan in TILED.items():
+        targets += expand(paths.TILE_FEATURES, region=name, maptile=plan.names)
+        targets.append(paths.DEM.format(region=name))
     targets += expand(paths.MASK, region=LABELLED)
-    targets += expand(paths.TILES, region=LABELLED)
-    targets += expand(paths.OVERVIEW, region=LABELLED)
+    targets += expand(paths.TILES, region=[r for r in LABELLED if r in UNTILED])
+    targets += expand(paths.OVERVIEW, region=[r for r in LABELLED if r in UNTILED])
     if TRAINING:
         targets += expand(paths.MODEL_FILE, model=MODEL, file=paths.MODEL_FILES)
     if PREDICT_MODEL is not None:
@@ -321,3 +330,49 @@ def all_outputs(wildcards):
     if FOLDS:
         targets += crossval_outputs(wildcards)
     return targets
+
+
+# --- regions mapped in tiles (rules/maptiles.smk)
+
+
+def map_tile(wildcards):
+    """The tile (cinderseg.terrain.maptiles.MapTile) of the region and maptile wildcards."""
+    return TILED[wildcards.region].tile(wildcards.maptile)
+
+
+def tile_label(wildcards):
+    """The name of a tile in messages and logs: '<region> tile <maptile>'."""
+    return f"{wildcards.region} tile {wildcards.maptile}"
+
+
+def tile_dem_sources(wildcards):
+    """The DEM file(s) a tile's dem step reads: a 'file' region's files, or those of the region's
+    cached 3DEP tiles (covering its bbox) that meet the map tile."""
+    region = config["regions"][wildcards.region]
+    if region["source"] != "usgs3dep":
+        return dem_sources(wildcards)
+    meeting = tile_paths(
+        TILED[wildcards.region].lonlat(map_tile(wildcards)), region["product"]
+    )
+    return [p for p in tile_paths(region["bbox"], region["product"]) if p in meeting]
+
+
+def tile_grid(wildcards):
+    """A tile's window of the region's grid: its CRS and bounds (metres), the dem step's target."""
+    plan = TILED[wildcards.region]
+    return {
+        "crs": plan.grid.crs.to_string(),
+        "bounds": list(map_tile(wildcards).bounds(plan.grid)),
+    }
+
+
+def region_plan(wildcards):
+    """The region's grid and tiles as plain data (the mosaics' params)."""
+    return TILED[wildcards.region].as_params()
+
+
+def tile_files(pattern):
+    """An input function: ``pattern`` (e.g. paths.TILE_DEM) for every tile of the region, row-major."""
+    return lambda wildcards: expand(
+        pattern, region=wildcards.region, maptile=TILED[wildcards.region].names
+    )

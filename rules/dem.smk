@@ -61,7 +61,7 @@ rule dem:
     benchmark:
         paths.benchmark("dem", "{region}")
     wildcard_constraints:
-        region=alternation(FILE_BASED + USGS3DEP),
+        region=alternation([r for r in FILE_BASED + USGS3DEP if r in UNTILED]),
     conda:
         "../envs/gis.yaml"
     threads: 1

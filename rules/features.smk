@@ -11,6 +11,8 @@ rule features:
         paths.log("features", "{region}"),
     benchmark:
         paths.benchmark("features", "{region}")
+    wildcard_constraints:
+        region=alternation(UNTILED),
     conda:
         "../envs/gis.yaml"
     threads: 1

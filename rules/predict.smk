@@ -12,6 +12,8 @@ rule predict:
         paths.log("predict", "{region}"),
     benchmark:
         paths.benchmark("predict", "{region}")
+    wildcard_constraints:
+        region=alternation(UNTILED),
     conda:
         "../envs/tf.yaml"
     threads: TRAIN_THREADS
@@ -56,6 +58,8 @@ rule vectorize:
         paths.log("vectorize", "{region}"),
     benchmark:
         paths.benchmark("vectorize", "{region}")
+    wildcard_constraints:
+        region=alternation(UNTILED),
     conda:
         "../envs/gis.yaml"
     threads: 1
@@ -78,6 +82,8 @@ rule baseline:
         paths.log("baseline", "{region}"),
     benchmark:
         paths.benchmark("baseline", "{region}")
+    wildcard_constraints:
+        region=alternation(UNTILED),
     conda:
         "../envs/gis.yaml"
     threads: 1

@@ -139,6 +139,28 @@ def test_locally_linear_smoothing_is_exact_for_planes_next_to_voids():
         assert ok.sum() > 0.9 * valid.sum()
 
 
+def test_smoothing_on_padded_fast_transform_sizes_equals_the_direct_fit():
+    # 107 x 101 px (primes): the transforms run on 108 x 102 px; the core must not see the padding.
+    rng = np.random.default_rng(3)
+    z = 50.0 + rng.normal(0.0, 5.0, (107, 101)).cumsum(axis=0)
+    valid = rng.random(z.shape) > 0.2
+    smoother = _Smoother(np.where(valid, z, np.nan), valid)
+    assert smoother.fft_shape != z.shape
+    sigma, half = 3.0, 9  # the kernel is cut at 3 sigma
+    value, _ = smoother.smooth(sigma)
+    offset = np.median(z[valid])
+    d = np.arange(-half, half + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (d / sigma) ** 2)
+    g /= g.sum()
+    for r, c in [(half, half), (50, 60), (107 - half - 1, 101 - half - 1), (30, 90)]:
+        win = (slice(r - half, r + half + 1), slice(c - half, c + half + 1))
+        w = np.outer(g, g)[valid[win]]
+        dv, du = np.meshgrid(d, d, indexing="ij")
+        design = np.stack([np.ones_like(w), du[valid[win]], dv[valid[win]]], axis=1)
+        coef = np.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w * z[win][valid[win]]))
+        assert value[r, c] + offset == pytest.approx(coef[0], abs=1e-8)
+
+
 # --------------------------------------------------------------------------- detection
 
 

@@ -56,6 +56,7 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
         "config/new_volcano.yaml",
         "config/fine_tune.yaml",
         "config/transfer_synthetic.yaml",
+        "config/map_tiles.yaml",
     ],
 )
 def test_shipped_configs_are_valid(path: str) -> None:
@@ -228,7 +229,12 @@ def test_the_reference_lists_every_key_of_every_section() -> None:
     assert list(chunks) == list(schema["properties"])
     region = schema["definitions"]["region"]["properties"]
     keys = {name: list(section.get("properties", {})) for name, section in schema["properties"].items()}
-    keys["regions"] = [*region, *region["synthetic"]["properties"], *region["scene"]["properties"]]
+    keys["regions"] = [
+        *region,
+        *region["tiles"]["properties"],
+        *region["synthetic"]["properties"],
+        *region["scene"]["properties"],
+    ]
     keys["crossval"] += ["rows", "cols", "gap_m"]
     for name, chunk in chunks.items():
         rows = [line for line in chunk.splitlines() if line.startswith("| `")]

@@ -166,26 +166,29 @@ class _Smoother:
     """Locally linear Gaussian smoothing of one padded block at any scale (FFT convolutions).
 
     The block is larger than twice the kernel radius plus the core, so circular convolution equals
-    linear convolution with nothing outside the block on every pixel the caller uses.
+    linear convolution with nothing outside the block on every pixel the caller uses. The transforms
+    run on the block zero-padded to sizes of small prime factors (``next_fast_len``: 2-4x faster
+    than, e.g., 2272 = 32 x 71 px), which changes nothing the caller uses.
     """
 
     def __init__(self, z: np.ndarray, valid: np.ndarray) -> None:
         self.shape = z.shape
+        self.fft_shape = (scipy.fft.next_fast_len(z.shape[0]), scipy.fft.next_fast_len(z.shape[1], real=True))
         self.full = bool(valid.all())
         ref = float(np.median(z[valid])) if valid.any() else 0.0
-        self.fz = scipy.fft.rfft2(np.where(valid, z - ref, 0.0))
-        self.fv = None if self.full else scipy.fft.rfft2(valid.astype(np.float64))
+        self.fz = scipy.fft.rfft2(np.where(valid, z - ref, 0.0), s=self.fft_shape)
+        self.fv = None if self.full else scipy.fft.rfft2(valid.astype(np.float64), s=self.fft_shape)
 
     def smooth(self, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """The smoothed block (metres, offset by a constant) and where at least ``MIN_WEIGHT`` of the
         Gaussian weight lies on valid pixels."""
         h, w = self.shape
-        kr = _kernel_spectra(sigma, h, real=False)
-        kc = _kernel_spectra(sigma, w, real=True)
+        kr = _kernel_spectra(sigma, self.fft_shape[0], real=False)
+        kc = _kernel_spectra(sigma, self.fft_shape[1], real=True)
 
         def conv(spec: np.ndarray, a: int, b: int) -> np.ndarray:
             """Sum over valid q of f(q) g(q - p) u^a v^b, (u, v) = q - p in (columns, rows)."""
-            return scipy.fft.irfft2(spec * kr[b][:, None] * kc[a][None, :], s=self.shape)
+            return scipy.fft.irfft2(spec * kr[b][:, None] * kc[a][None, :], s=self.fft_shape)[:h, :w]
 
         t00 = conv(self.fz, 0, 0)
         if self.full:

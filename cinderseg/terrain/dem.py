@@ -76,7 +76,8 @@ def _region_prefix(region: str) -> str:
     return f"region '{region}'" if region else "dem"
 
 
-def _check_bbox(bbox: Sequence[float], region: str) -> tuple[float, float, float, float]:
+def check_bbox(bbox: Sequence[float], region: str) -> tuple[float, float, float, float]:
+    """``bbox`` as (west, south, east, north) in degrees; InputError naming the region unless valid."""
     vals = [float(v) for v in bbox]
     ok = len(vals) == 4 and all(math.isfinite(v) for v in vals)
     if ok:
@@ -144,6 +145,12 @@ def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else repr(float(v))
 
 
+def _snap(v: float) -> float:
+    """``v`` rounded to a whole number when within 1e-6 of one (pixel offsets of a mosaic)."""
+    r = round(v)
+    return float(r) if abs(v - r) < 1e-6 else v
+
+
 def _mosaic_vrt_xml(group: list[_Source]) -> str:
     """A float32 VRT mosaic of ``group`` in its own CRS and grid; every kind of nodata becomes NaN.
 
@@ -173,10 +180,12 @@ def _mosaic_vrt_xml(group: list[_Source]) -> str:
         if len(group) == 1:
             xoff, yoff, xsize, ysize = 0.0, 0.0, float(src.width), float(src.height)
         else:
-            xoff = (src.bounds[0] - gt.c) / gt.a
-            yoff = (src.bounds[3] - gt.f) / gt.e
-            xsize = src.width * src.transform.a / gt.a
-            ysize = src.height * src.transform.e / gt.e
+            # whole pixels where rounding errors left them a hair off: GDAL resamples a fractional
+            # DstRect, and differently for each window read (a tile's pixels would differ from the region's)
+            xoff = _snap((src.bounds[0] - gt.c) / gt.a)
+            yoff = _snap((src.bounds[3] - gt.f) / gt.e)
+            xsize = _snap(src.width * src.transform.a / gt.a)
+            ysize = _snap(src.height * src.transform.e / gt.e)
         parts += [
             "<ComplexSource>",
             f'<SourceFilename relativeToVRT="0">{escape(str(src.path))}</SourceFilename>',
@@ -275,27 +284,34 @@ def fill_small_voids(data: np.ndarray, max_void_px: int) -> tuple[np.ndarray, in
 
 def _read_mosaic(warped: list[WarpedVRT], window: Window) -> np.ndarray:
     """Read ``window`` of the warped sources, first valid value wins; nodata as NaN (float32)."""
-    out: np.ndarray | None = None
+    out = np.full((int(window.height), int(window.width)), np.nan, dtype=np.float32)
     for vrt in warped:
         arr = vrt.read(1, window=window, out_dtype="float32")
         arr[arr == NODATA_FLOAT] = np.nan
-        if out is None:
-            out = arr
-        else:
-            take = np.isnan(out) & ~np.isnan(arr)
-            out[take] = arr[take]
-    assert out is not None
+        take = np.isnan(out) & ~np.isnan(arr)
+        out[take] = arr[take]
     return out
 
 
 @dataclass(frozen=True)
-class _Target:
+class DemGrid:
     """The output grid: a projected CRS in metres, a north-up transform and its size in pixels."""
 
     crs: CRS
     transform: Affine
     width: int
     height: int
+
+    @property
+    def resolution_m(self) -> float:
+        """Pixel size in metres (square pixels)."""
+        return float(self.transform.a)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in the grid's CRS, metres."""
+        t = self.transform
+        return t.c, t.f + self.height * t.e, t.c + self.width * t.a, t.f
 
 
 def _check_arguments(
@@ -318,9 +334,14 @@ def _plan(
     crs: CRS | None,
     bbox: tuple[float, float, float, float] | None,
     what: str,
-) -> tuple[list[_Source], _Target]:
+    bounds: tuple[float, float, float, float] | None = None,
+    allow_empty: bool = False,
+) -> tuple[list[_Source], DemGrid]:
     """The sources that meet ``bbox`` and the output grid: ``crs`` (default the UTM zone of the centre),
-    square pixels of ``resolution_m`` covering the sources' extent clipped to ``bbox``."""
+    square pixels of ``resolution_m`` covering the sources' extent clipped to ``bbox``; with ``bounds``
+    (in ``crs``), the grid covering exactly them and the sources that meet them (maybe none)."""
+    if bounds is not None and crs is not None:
+        return _plan_bounds(srcs, resolution_m, crs, bounds, what, allow_empty)
     extent_ll = _union([s.lonlat for s in srcs])
     if bbox is not None:
         kept = [s for s in srcs if _intersect(s.lonlat, bbox) is not None]
@@ -350,15 +371,58 @@ def _plan(
             f"{what}: the grid would be {width} x {height} px at resolution_m={resolution_m} "
             f"for {_names(srcs)}; check resolution_m and bbox"
         )
-    return srcs, _Target(crs, transform, width, height)
+    return srcs, DemGrid(crs, transform, width, height)
 
 
-def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: _Target) -> list[WarpedVRT]:
+def _plan_bounds(
+    srcs: list[_Source],
+    resolution_m: float,
+    crs: CRS,
+    bounds: tuple[float, float, float, float],
+    what: str,
+    allow_empty: bool,
+) -> tuple[list[_Source], DemGrid]:
+    """The grid of ``resolution_m`` covering ``bounds`` (metres in ``crs``) and the sources meeting it."""
+    kept = [
+        s for s in srcs if _intersect(transform_bounds(s.crs, crs, *s.bounds, densify_pts=_DENSIFY), bounds)
+    ]
+    if not kept and not allow_empty:
+        raise InputError(f"{what}: no source meets the grid {[round(v, 1) for v in bounds]}: {_names(srcs)}")
+    transform, width, height = target_grid(bounds, float(resolution_m))
+    if width < 2 or height < 2:
+        raise InputError(f"{what}: the grid {[round(v, 1) for v in bounds]} is under 2 x 2 px")
+    return kept, DemGrid(crs, transform, width, height)
+
+
+def plan_dem_grid(
+    sources: Sequence[Path],
+    *,
+    resolution_m: float,
+    crs: str | None = None,
+    bbox_lonlat: Sequence[float] | None = None,
+    nodata: float | None = None,
+    region: str = "",
+) -> tuple[DemGrid, list[tuple[float, float, float, float]]]:
+    """The grid :func:`prepare_dem` writes for these arguments, from the sources' headers alone (no
+    pixel is read), and each kept source's bounding rectangle in the grid's CRS (metres)."""
+    what = grid_what("DEM", region)
+    _check_arguments(resolution_m, 0, 16, nodata, region)
+    dst_crs = check_metric_crs(crs, _region_prefix(region)) if crs is not None else None
+    bbox = check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
+    srcs, grid = _plan(
+        [_inspect(Path(p), nodata, region) for p in sources], resolution_m, dst_crs, bbox, what
+    )
+    rects = [transform_bounds(s.crs, grid.crs, *s.bounds, densify_pts=_DENSIFY) for s in srcs]
+    return grid, rects
+
+
+def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: DemGrid) -> list[WarpedVRT]:
     """One bilinear warp onto ``target`` per group of sources sharing a mosaic (closed with ``stack``)."""
     warped = []
     for group in _group_sources(srcs):
         memfile = stack.enter_context(MemoryFile(_mosaic_vrt_xml(group).encode(), ext=".vrt"))
         mosaic = stack.enter_context(memfile.open())
+        xscale, yscale = _resampling_scales(group[0], target)
         vrt = WarpedVRT(
             mosaic,
             crs=target.crs,
@@ -370,15 +434,34 @@ def _warped_sources(stack: contextlib.ExitStack, srcs: list[_Source], target: _T
             nodata=NODATA_FLOAT,
             dtype="float32",
             tolerance=0.01,
+            XSCALE=xscale,
+            YSCALE=yscale,
         )
         warped.append(stack.enter_context(vrt))
     return warped
 
 
+def _resampling_scales(src: _Source, target: DemGrid) -> tuple[float, float]:
+    """Target pixels per source pixel along x and y (below 1: the bilinear kernel widens to average).
+
+    GDAL computes them for each chunk it warps, so a pixel's value would depend on the window read (a
+    tile's pixels would differ from the whole region's); one ratio per source, as GDAL advises."""
+    west, south, east, north = transform_bounds(src.crs, target.crs, *src.bounds, densify_pts=_DENSIFY)
+    res = target.resolution_m
+    return float((east - west) / src.width / res), float((north - south) / src.height / res)
+
+
 def _write(
-    srcs: list[_Source], out_path: Path, target: _Target, fill_max_void_px: int, block_px: int, what: str
+    srcs: list[_Source],
+    out_path: Path,
+    target: DemGrid,
+    fill_max_void_px: int,
+    block_px: int,
+    what: str,
+    allow_empty: bool = False,
 ) -> tuple[int, int]:
-    """Warp, fill and write the DEM block by block; (valid pixels, filled void pixels)."""
+    """Warp, fill and write the DEM block by block; (valid pixels, filled void pixels). InputError if
+    no pixel is valid, unless ``allow_empty``."""
     halo = 2 * fill_max_void_px + 2 if fill_max_void_px > 0 else 0
     height, width = target.height, target.width
     profile = geotiff_profile(
@@ -411,7 +494,7 @@ def _write(
                 raise InputError(
                     f"{what}: reading {_names(srcs)} failed ({str(err).splitlines()[0]})"
                 ) from err
-            if n_valid == 0:
+            if n_valid == 0 and not allow_empty:
                 raise InputError(
                     f"{what}: no valid elevation in {_names(srcs)} within the target grid "
                     "(all nodata; check the nodata value and bbox)"
@@ -430,6 +513,8 @@ def prepare_dem(
     fill_max_void_px: int = 10,
     block_px: int = 2048,
     region: str = "",
+    bounds: Sequence[float] | None = None,
+    allow_empty: bool = False,
 ) -> None:
     """Mosaic ``sources``, reproject to a metric grid, clip, fill small voids and write ``out_path``.
 
@@ -442,17 +527,25 @@ def prepare_dem(
       become ``NODATA_FLOAT``. Elevation is resampled bilinearly from valid pixels only.
     - ``fill_max_void_px``: voids at most this many output pixels across are interpolated; 0: none.
     - ``block_px``: block size of the windowed warp and write.
+    - ``bounds``: [xmin, ymin, xmax, ymax] in ``crs`` (metres, needs ``crs``): the output is exactly
+      the grid covering them (one map tile of a larger region's grid, :mod:`cinderseg.terrain.maptiles`);
+      ``bbox_lonlat`` is then not used, and sources that do not meet them are skipped.
+    - ``allow_empty``: write a DEM without any valid pixel (a map tile over the sea) instead of failing.
 
     Raises InputError (one line naming the region and file) for unusable input.
     """
     what = grid_what("DEM", region)
     _check_arguments(resolution_m, fill_max_void_px, block_px, nodata, region)
     paths = [Path(p) for p in ([sources] if isinstance(sources, str | os.PathLike) else sources)]
-    if not paths:
+    if not paths and not (allow_empty and bounds is not None):
         raise InputError(f"{what}: no source file given")
     dst_crs = check_metric_crs(crs, _region_prefix(region)) if crs is not None else None
-    bbox = _check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
-    srcs, target = _plan([_inspect(p, nodata, region) for p in paths], resolution_m, dst_crs, bbox, what)
+    bbox = check_bbox(bbox_lonlat, region) if bbox_lonlat is not None else None
+    if bounds is not None and dst_crs is None:
+        raise InputError(f"{what}: bounds {list(bounds)} need a crs")
+    rect = (*(float(v) for v in bounds),) if bounds is not None else None
+    srcs = [_inspect(p, nodata, region) for p in paths]
+    srcs, target = _plan(srcs, resolution_m, dst_crs, bbox, what, rect, allow_empty)  # type: ignore[arg-type]
     t = target.transform
     log.info(
         "%s: %d source(s) -> %s, %d x %d px of %s m, origin (%.1f, %.1f)",
@@ -465,7 +558,9 @@ def prepare_dem(
         t.c,
         t.f,
     )
-    n_valid, n_filled = _write(srcs, Path(out_path), target, fill_max_void_px, block_px, what)
+    n_valid, n_filled = _write(srcs, Path(out_path), target, fill_max_void_px, block_px, what, allow_empty)
+    if n_valid == 0:
+        log.warning("%s: no valid elevation within the grid; wrote an empty DEM: %s", what, out_path)
     log.info(
         "%s: wrote %s; %.1f%% valid, %d void px filled",
         what,

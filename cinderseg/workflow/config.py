@@ -28,6 +28,7 @@ from cinderseg.data.tiles import TilingSettings
 from cinderseg.nn.settings import ModelSettings, PredictSettings, TrainSettings
 from cinderseg.terrain.download import DownloadSettings, tiles_for_bbox
 from cinderseg.terrain.features import FeatureSettings
+from cinderseg.terrain.maptiles import MIN_TILE_PX
 from cinderseg.terrain.synthetic import SyntheticParams
 
 
@@ -166,7 +167,42 @@ def check_consistency(cfg: Mapping[str, Any]) -> None:
     for name, region in cfg["regions"].items():
         _check_source(f"regions.{name}", region)
         _check_region(f"regions.{name}", region, cfg)
+        if "tiles" in region:
+            check_tiles(cfg, name)
     folds_from_config(cfg)  # the crossval section: regions exist and are labelled, enough folds
+
+
+#: Channels normalised by the whole region's elevation percentiles: a tiled region has none.
+REGION_WIDE_CHANNELS = ("elevation", "clahe")
+
+
+def check_tiles(cfg: Mapping[str, Any], name: str) -> None:
+    """A region's ``tiles`` block fits: source file or usgs3dep, role predict or test, no channel
+    normalised region-wide, not in a cross-validation fold, tiles of at least MIN_TILE_PX pixels."""
+    key = f"regions.{name}.tiles"
+    region = cfg["regions"][name]
+    if region["source"] in GENERATED:
+        raise ConfigError(
+            f"{key}: not for source '{region['source']}' (generated whole); use source 'file' or 'usgs3dep'"
+        )
+    if region["role"] == "train":
+        raise ConfigError(
+            f"{key}: not for role 'train' (training regions are mapped whole); use role predict or test"
+        )
+    channels = [c for c in cfg.get("features", {}).get("channels", []) if c in REGION_WIDE_CHANNELS]
+    if channels:
+        raise ConfigError(
+            f"{key}: features.channels {', '.join(channels)} are normalised by the whole region's elevation "
+            "percentiles, which tiles do not share; map the region whole or use other channels"
+        )
+    crossval = cfg.get("crossval", {})
+    if name in crossval.get("spatial_folds", {}) or name in crossval.get("leave_one_region_out", []):
+        raise ConfigError(
+            f"{key}: a region of the crossval section is mapped whole; remove tiles or the fold"
+        )
+    size_km, res = region["tiles"]["size_km"], region["resolution_m"]
+    if size_km * 1000.0 / res < MIN_TILE_PX:
+        raise ConfigError(f"{key}.size_km: {size_km:g} km is under {MIN_TILE_PX} px of {res:g} m")
 
 
 def typed_overrides(overrides: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Where the workflow writes: one path template per product, the one place that names ``results/``.
 
-Templates hold Snakemake wildcards in braces (``{region}``, ``{model}``, ``{fold}``, ``{figure}``,
-``{file}``): the rules use them as they are (outputs, inputs, logs, benchmarks), input functions and
-tests fill them with :meth:`str.format` or Snakemake's ``expand``. Paths are relative to the
-workflow's working directory. Rasters are GeoTIFFs on the region's metric grid, vector layers
-GeoPackages in the same CRS.
+Templates hold Snakemake wildcards in braces (``{region}``, ``{maptile}``, ``{model}``, ``{fold}``,
+``{figure}``, ``{file}``): the rules use them as they are (outputs, inputs, logs, benchmarks),
+input functions and tests fill them with :meth:`str.format` or Snakemake's ``expand``. Paths are
+relative to the workflow's working directory. Rasters are GeoTIFFs on the region's metric grid,
+vector layers GeoPackages in the same CRS.
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ CONE_FIGURES = ("size_frequency", "height_vs_diameter", "cone_map")
 METRICS_SUMMARY = f"{RESULTS}/metrics/summary.csv"
 #: Where each method lost the labelled cones it missed, per region (cinderseg.assess.misses).
 MISSES_SUMMARY = f"{RESULTS}/metrics/misses.csv"
+
+# A region mapped in tiles (regions.<name>.tiles; {maptile}: r<row>c<col>): each tile's products on
+# its window of the region's grid; the region's own DEM, PROBABILITY and CONES are mosaicked from them.
+MAP_TILE = f"{RESULTS}/map_tiles/{{region}}/{{maptile}}"
+TILE_DEM = f"{MAP_TILE}/dem.tif"
+TILE_FEATURES = f"{MAP_TILE}/features.tif"
+TILE_PROBABILITY = f"{MAP_TILE}/probability.tif"
+TILE_CONES = f"{MAP_TILE}/cones.gpkg"
+TILE_BASELINE = f"{MAP_TILE}/baseline.gpkg"
 
 # The model trained by the workflow ({model}: model.name) and its files ({file}: one of MODEL_FILES).
 MODEL_DIR = f"{RESULTS}/models/{{model}}"
