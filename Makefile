@@ -9,7 +9,7 @@ SNAKEMAKE_ARGS ?=
 
 CROSSVAL_CONFIG ?= config/crossval_synthetic.yaml
 
-.PHONY: run test lint pytest setup slurm bench pretrained clean crossval docs lock
+.PHONY: run test lint pytest setup slurm bench pretrained pretrained-verifier clean crossval docs lock
 
 setup: $(STAMP)
 
@@ -53,8 +53,11 @@ docs: $(STAMP)
 	$(BIN)/python -m cinderseg.workflow.reference > docs/.configuration.md.tmp
 	mv docs/.configuration.md.tmp docs/configuration.md
 
+# All tests on PYTEST_WORKERS xdist workers, a module to a worker, the longest modules first
+# (tests/conftest.py), then the 20 slowest tests. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) --durations=20
 
 # Debian's slurmctld, slurmd, slurm-client and munge for tests/test_slurm.py (a real local SLURM),
 # installed when missing and this is root with apt-get; otherwise those tests skip (fail under CI).
@@ -68,16 +71,27 @@ test: lint slurm pytest
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
-# The model shipped in cinderseg/pretrained/ (docs/user-guide.md, "The shipped model and fine-tuning"): trained by
-# config/synthetic_pretrain.yaml on synthetic terrain only, then copied into the package.
-PRETRAINED_RUN := results/models/synthetic_pretrained
+# The model shipped in cinderseg/pretrained/ (docs/user-guide.md, "The shipped model and its recipe"):
+# config/pretrain.yaml trains it on Mauna Kea (examples/mauna_kea, 30 and 90 m), composite scenes of its
+# cones and synthetic terrain (about 5 minutes on 2 cores), then it is copied into the package.
+PRETRAINED_RUN := results/models/pretrained
 pretrained: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) --configfile config/synthetic_pretrain.yaml \
-		$(PRETRAINED_RUN)/model.keras $(PRETRAINED_RUN)/model_card.json $(PRETRAINED_RUN)/model.onnx
+	$(BIN)/snakemake $(PRETRAINED_RUN)/model.keras $(PRETRAINED_RUN)/model_card.json $(PRETRAINED_RUN)/model.onnx \
+		--cores $(CORES) $(SNAKEMAKE_ARGS) --configfile config/pretrain.yaml
 	mkdir -p cinderseg/pretrained
 	for f in model.keras model_card.json model.onnx; do \
 		cp $(PRETRAINED_RUN)/$$f cinderseg/pretrained/.$$f.tmp && mv cinderseg/pretrained/.$$f.tmp cinderseg/pretrained/$$f; \
 	done
+
+# The learned second stage shipped beside it (cinderseg/pretrained/verifier.json): the recipe trained
+# leaving out each Mauna Kea block in turn (bench/recipe_folds.py, about 1 hour on 2 cores), a
+# verifier fitted on their out-of-fold candidates (bench/second_stage.py); also prints their scores.
+VERIFIER_WORK := bench/work/recipe_folds
+pretrained-verifier: $(STAMP)
+	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42
+	$(BIN)/python -m bench.second_stage --workdir $(VERIFIER_WORK) --seed 42 --ship cinderseg/pretrained/.verifier.json.tmp
+	mv cinderseg/pretrained/.verifier.json.tmp cinderseg/pretrained/verifier.json
+	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42 --score-only
 
 clean:
 	rm -rf results .snakemake

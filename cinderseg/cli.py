@@ -9,13 +9,15 @@ folder beside the output, with the settings the model was trained with (from its
 Progress shows as a bar on a terminal (lines otherwise); ``--quiet`` hides it.
 
 Without ``--model`` (or with ``--model pretrained``) it applies the model shipped in
-``cinderseg/pretrained/``, trained on synthetic terrain only: cones on any DEM, no labels needed.
+``cinderseg/pretrained/`` (trained on Mauna Kea's labelled cones, composite scenes of them and synthetic
+terrain, at 30-90 m) and its learned second stage: cones on any DEM, no labels needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
@@ -25,14 +27,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cinderseg.core.errors import CinderSegError, InputError
-from cinderseg.core.modelcard import PRETRAINED_KEYWORD, model_path, read_model_card, training_resolution_m
+from cinderseg.core.errors import CinderSegError
+from cinderseg.core.modelcard import (
+    PRETRAINED_KEYWORD,
+    model_path,
+    read_model_card,
+    training_resolution_range_m,
+)
 from cinderseg.core.schema import section_schema
 from cinderseg.core.step import StderrFormatter
 from cinderseg.nn.runtime import NOTICE
 from cinderseg.nn.settings import PredictSettings
 
 log = logging.getLogger("cinderseg")
+
+#: Metres per degree of latitude (and of longitude at the equator), for the size of geographic pixels.
+METRES_PER_DEGREE = 111_320.0
 
 
 def predict_dem(
@@ -45,6 +55,7 @@ def predict_dem(
     crs: str | None = None,
     nodata: float | None = None,
     threshold: float | None = None,
+    second_stage: str | None = None,
     predict_config: dict[str, Any] | None = None,
     threads: int = 1,
     progress: bool = True,
@@ -53,9 +64,10 @@ def predict_dem(
     """Map the cones of a DEM with a trained model; write the cone layer (and the probability raster).
 
     ``dem_paths``: one or more GDAL-readable DEMs (mosaicked), any CRS; reprojected to a metric
-    grid of ``resolution_m`` (default: the model's training resolution, else the DEM's own pixel
-    size) in ``crs`` (default: the UTM zone of the centre). The features use the settings recorded
-    in the model card, the threshold defaults to the vectorize default. Returns a summary dict.
+    grid of ``resolution_m`` (default: :func:`default_resolution_m`) in ``crs`` (default: the UTM
+    zone of the centre). The features use the settings recorded in the model card; the threshold
+    and ``second_stage`` ('pretrained', 'none' or a verifier JSON) default to the vectorize
+    defaults. Returns a summary dict.
     """
     from cinderseg.cones.vectorize import VectorizeSettings, vectorize_cones
     from cinderseg.core.raster import check_input_file
@@ -67,16 +79,19 @@ def predict_dem(
     card = read_model_card(model_path)
     for path in dem_paths:
         check_input_file(path, what="DEM")
-    vectorize_settings = VectorizeSettings.from_config({} if threshold is None else {"threshold": threshold})
+    vectorize_config: dict[str, Any] = {}
+    if threshold is not None:
+        vectorize_config["threshold"] = threshold
+    if second_stage is not None:
+        vectorize_config["second_stage"] = second_stage
+    vectorize_settings = VectorizeSettings.from_config(vectorize_config)
     predict_settings = PredictSettings.from_config(dict(predict_config or {}))
-    resolution = resolution_m or training_resolution_m(card)
+    resolution = resolution_m or default_resolution_m(card, dem_paths[0])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".cinderseg-", dir=work_dir or out_path.parent))
     try:
         dem = scratch / "dem.tif"
-        if resolution is None:
-            resolution = _native_resolution_m(dem_paths[0])
         log.info("DEM: %d file(s) -> %s m grid", len(dem_paths), resolution)
         prepare_dem([Path(p) for p in dem_paths], dem, resolution_m=resolution, crs=crs, nodata=nodata)
         features = scratch / "features.tif"
@@ -104,22 +119,33 @@ def predict_dem(
         "probability": str(probability_path) if probability_path else None,
         "resolution_m": resolution,
         "threshold": vectorize_settings.threshold,
+        "second_stage": vectorize_settings.second_stage,
         "predict": stats,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def _native_resolution_m(path: str | os.PathLike[str]) -> float:
-    """Pixel size in metres of a projected DEM; InputError for a geographic one (no metric size)."""
+def native_resolution_m(path: str | os.PathLike[str]) -> float:
+    """A DEM's pixel size in metres: the pixel's square-root area, for a geographic CRS (degrees) at
+    the latitude of the DEM's centre (e.g. 1 arc second at 20 deg N: about 30 m)."""
     from cinderseg.core.raster import open_raster
 
     with open_raster(path, what="DEM") as ds:
-        if ds.crs.is_geographic:
-            raise InputError(
-                f"{path}: geographic CRS and the model card records no training resolution; "
-                "pass --resolution (metres)"
-            )
-        return float(abs(ds.transform.a))
+        dx, dy = abs(ds.transform.a), abs(ds.transform.e)
+        if not ds.crs.is_geographic:
+            return float(math.sqrt(dx * dy))
+        lat = math.radians((ds.bounds.bottom + ds.bounds.top) / 2.0)
+        return float(math.sqrt(dx * METRES_PER_DEGREE * math.cos(lat) * dy * METRES_PER_DEGREE))
+
+
+def default_resolution_m(card: dict[str, Any], path: str | os.PathLike[str]) -> float:
+    """The pixel size (m) a DEM is mapped at by default: its own, within the range the model was
+    trained at (a 10 m lidar DEM of a model trained at 30-90 m is mapped at 30 m, SRTM at 90 m)."""
+    native = native_resolution_m(path)
+    trained = training_resolution_range_m(card)
+    if trained is None:
+        return native
+    return float(min(max(native, trained[0]), trained[1]))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,15 +160,24 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         default=PRETRAINED_KEYWORD,
         help="trained model (.keras) with model_card.json beside it (default: 'pretrained', the model "
-        "shipped with cinderseg, trained on synthetic terrain only)",
+        "shipped with cinderseg, trained on Mauna Kea and composite terrain at 30-90 m)",
     )
     p.add_argument("--dem", required=True, nargs="+", help="DEM file(s), any GDAL format and CRS (mosaicked)")
     p.add_argument("--out", required=True, help="output cone layer (.gpkg)")
     p.add_argument("--probability", help="also write the probability raster (GeoTIFF) here")
-    p.add_argument("--resolution", type=float, help="pixel size, m (default: the training one)")
+    p.add_argument(
+        "--resolution",
+        type=float,
+        help="pixel size, m (default: the DEM's own, within the range the model was trained at)",
+    )
     p.add_argument("--crs", help="metric target CRS, e.g. EPSG:32605 (default: UTM zone of the centre)")
     p.add_argument("--nodata", type=float, help="nodata value of the DEM if not recorded in the file")
     p.add_argument("--threshold", type=float, help="probability threshold of a cone pixel (default 0.5)")
+    p.add_argument(
+        "--second-stage",
+        help="learned second stage: 'pretrained' (the shipped verifier, default), 'none' (the network's "
+        "objects only) or a verifier JSON",
+    )
     p.add_argument("--window", type=int, help="prediction window in pixels (multiple of 32)")
     tta = section_schema("predict")["properties"]["tta"]["enum"]
     p.add_argument("--tta", choices=tta, help="test-time augmentation")
@@ -186,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             crs=args.crs,
             nodata=args.nodata,
             threshold=args.threshold,
+            second_stage=args.second_stage,
             predict_config=predict_config,
             threads=max(1, args.threads),
             progress=not args.quiet,

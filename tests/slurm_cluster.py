@@ -2,7 +2,7 @@
 
 ``python tests/slurm_cluster.py install`` installs the Debian packages where they are missing and
 this is root with apt-get (`make test` runs it);
-the ``slurm_cluster`` pytest fixture (tests/test_slurm.py) calls :func:`start` and :func:`stop`.
+tests/slurm_runs.py calls :func:`start` when the test session starts and :func:`stop` when it ends.
 By hand: ``python tests/slurm_cluster.py start DIR`` starts munged, slurmctld and slurmd in the
 background and waits until ``sinfo`` shows the node idle; ``python tests/slurm_cluster.py stop DIR``
 stops them by the PIDs written to ``DIR/pids``.
@@ -10,8 +10,9 @@ stops them by the PIDs written to ``DIR/pids``.
 The cluster: one node (all CPUs of this machine, 90 % of its memory) in one partition ``cpu``,
 ``proctrack/linuxproc``, ``task/none``, ``select/cons_tres`` with cores and memory consumable, no
 accounting (``accounting_storage/none``; ``sacct`` then fails, so Snakemake runs need
-``--slurm-status-command squeue``), ``MinJobAge`` 300 s. munged uses its own key and socket in
-DIR. The config must be ``/etc/slurm/slurm.conf``: the jobstep executor plugin clears
+``--slurm-status-command squeue``), ``MinJobAge`` 3600 s (the tests read the finished jobs from
+``squeue`` minutes after their run, which went on in the background, has ended). munged uses its own
+key and socket in DIR. The config must be ``/etc/slurm/slurm.conf``: the jobstep executor plugin clears
 ``SLURM_CONF`` inside jobs, so the ``srun`` there reads the default path. An existing
 ``/etc/slurm/slurm.conf`` that this module did not write is never touched: :func:`start` refuses.
 """
@@ -36,7 +37,7 @@ PARTITION = "cpu"
 NODE = "cinderseg-node"
 CTLD_PORT = 6817
 SLURMD_PORT = 6818
-MIN_JOB_AGE_S = 300
+MIN_JOB_AGE_S = 3600
 
 
 class ClusterError(RuntimeError):
@@ -270,7 +271,9 @@ def stop(cluster: Cluster, timeout_s: float = 30) -> None:
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
-    if SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text():
+    if SLURM_CONF.exists() and f"{MARKER}: a single-node test cluster, state in {cluster.root}\n" in (
+        SLURM_CONF.read_text()
+    ):  # this cluster's config, not that of another test session's cluster
         SLURM_CONF.unlink()
 
 
@@ -286,7 +289,8 @@ def _active_jobs(cluster: Cluster) -> list[str]:
     return proc.stdout.split() if proc.returncode == 0 else []
 
 
-def _from_pids(root: Path) -> Cluster:
+def from_pids(root: Path) -> Cluster:
+    """The cluster whose state directory is ``root``, from the daemons' PIDs that :func:`start` wrote."""
     pids = dict(line.split() for line in (root / "pids").read_text().splitlines())
     cpus, memory_mb = node_size()
     return Cluster(
@@ -309,7 +313,7 @@ def main(argv: list[str]) -> int:
         print(f"SLURM up: node {NODE} ({cluster.cpus} CPUs, {cluster.memory_mb} MB), PIDs {cluster.pids}")
         return 0
     if len(argv) == 2 and argv[0] == "stop":
-        stop(_from_pids(Path(argv[1])))
+        stop(from_pids(Path(argv[1])))
         return 0
     print("usage: python tests/slurm_cluster.py install | start DIR | stop DIR", file=sys.stderr)
     return 2

@@ -52,7 +52,7 @@ def test_defaults_are_filled_without_touching_the_input() -> None:
         "config/hawaii.yaml",
         "config/crossval_synthetic.yaml",
         "config/mauna_kea_folds.yaml",
-        "config/synthetic_pretrain.yaml",
+        "config/pretrain.yaml",
         "config/new_volcano.yaml",
         "config/fine_tune.yaml",
         "config/transfer_synthetic.yaml",

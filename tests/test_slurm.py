@@ -1,8 +1,10 @@
-"""The workflow on a real SLURM scheduler: config/tiny.yaml through ``--profile profiles/slurm``.
+"""The workflow on a real SLURM scheduler, through ``--workflow-profile profiles/slurm``.
 
-A single-node cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd and munge on 127.0.0.1) is
-started for the session and stopped by PID, also when a test fails. Without SLURM installed these
-tests skip, except under CI (CI=true), where they fail: `make test` installs SLURM as root.
+A single-node cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd and munge on 127.0.0.1)
+and two runs on it, the training region of config/tiny.yaml and a rule that fails, are started in the
+background when the session starts and stopped by PID when it ends, also when a test fails
+(tests/slurm_runs.py); these tests run last and check the finished runs. Without SLURM installed they
+skip, except under CI (CI=true), where they fail: `make test` installs SLURM as root.
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,90 +23,36 @@ import rasterio
 
 from cinderseg.workflow import paths
 from tests import slurm_cluster as cluster_lib
-from tests.workflow_helpers import REPO, log_file, output, snakemake_command, write_config
+from tests import slurm_runs
+from tests.slurm_runs import JOB_ID, LOCAL_CORES, REGION, RULE_BLOCK, SlurmRun
+from tests.workflow_helpers import log_file, output, shared_path
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
-RUN_ID = re.compile(r"SLURM run ID: (\S+)")
-RULE_BLOCK = re.compile(r"^(local)?rule (\w+):$", re.MULTILINE)
-JOB_ID = re.compile(r"^\s+jobid: (\d+)$", re.MULTILINE)
-# Threads per job: those of the local run it is compared with (tests/workflow_helpers.py: --cores 2).
-LOCAL_CORES = 2
-# The settings of a cluster without accounting storage (see profiles/slurm/config.yaml), and a
-# 2-CPU node: at most 2 threads per job.
-CLUSTER_ARGS = [
-    "--slurm-status-command",
-    "squeue",
-    "--slurm-init-seconds-before-status-checks",
-    "5",
-    "--slurm-no-account",
-    "--slurm-keep-successful-logs",
-]
 
 
-@dataclass
-class SlurmRun:
-    """A finished ``snakemake --profile profiles/slurm`` run: its directory, output and return code."""
-
-    workdir: Path
-    returncode: int
-    output: str
-
-    def submissions(self) -> list[tuple[str, str, Path]]:
-        """(Snakemake job id, SLURM job id, SLURM log) of every submitted job, in order."""
-        return [(job, slurm, Path(log)) for job, slurm, log in SUBMITTED.findall(self.output)]
-
-    def rules_of_jobs(self) -> dict[str, str]:
-        """Snakemake job id -> rule name, for every job block the run printed (local ones too)."""
-        rules: dict[str, str] = {}
-        blocks = list(RULE_BLOCK.finditer(self.output))
-        for i, block in enumerate(blocks):
-            end = blocks[i + 1].start() if i + 1 < len(blocks) else len(self.output)
-            job = JOB_ID.search(self.output, block.end(), end)
-            if job:
-                rules[job.group(1)] = ("local:" if block.group(1) else "") + block.group(2)
-        return rules
-
-    def run_id(self) -> str:
-        match = RUN_ID.search(self.output)
-        assert match, self.output[-3000:]
-        return match.group(1)
+@pytest.fixture(scope="module")
+def slurm_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's SLURM folder (tests/slurm_runs.py); skips, or fails under CI, without SLURM."""
+    shared = shared_path(tmp_path_factory, "slurm")
+    unavailable = slurm_runs.unavailable(shared)
+    if unavailable is not None:
+        kind, reason = unavailable
+        if kind == slurm_runs.MISSING and os.environ.get("CI", "").lower() != "true":
+            pytest.skip(f"{reason}: `make test` as root installs it")
+        pytest.fail(reason)
+    return shared
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster_lib.Cluster]:
-    """A running single-node SLURM cluster for the session; stopped by PID at the end."""
-    missing = cluster_lib.missing_commands()
-    if missing:
-        reason = f"SLURM not installed (missing {', '.join(missing)}): `make test` as root installs it"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    cluster = cluster_lib.start(tmp_path_factory.mktemp("slurm"))
-    try:
-        yield cluster
-    finally:
-        cluster_lib.stop(cluster)
+@pytest.fixture(scope="module")
+def slurm_cluster(slurm_shared: Path) -> cluster_lib.Cluster:
+    """The single-node SLURM cluster of the session."""
+    return slurm_runs.cluster(slurm_shared)
 
 
-def run_on_slurm(workdir: Path, cluster: cluster_lib.Cluster, *args: str, timeout_s: int = 1200) -> SlurmRun:
-    """snakemake --workflow-profile profiles/slurm in ``workdir`` on the repo's Snakefile, in a timeout."""
-    threads = ["--max-threads", str(LOCAL_CORES)]
-    cmd = snakemake_command(workdir, *CLUSTER_ARGS, *threads, *args, profile="slurm", cores=None)
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=workdir, env=cluster.env, timeout=timeout_s
-    )
-    output = proc.stdout + "\n" + proc.stderr
-    (workdir / "snakemake.out").write_text(output)
-    return SlurmRun(workdir=workdir, returncode=proc.returncode, output=output)
-
-
-@pytest.fixture(scope="session")
-def slurm_tiny_run(slurm_cluster: cluster_lib.Cluster, tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
-    """config/tiny.yaml run to completion through SLURM."""
-    work = tmp_path_factory.mktemp("slurm_tiny")
-    shutil.copy(REPO / "config" / "tiny.yaml", work / "tiny.yaml")
-    run = run_on_slurm(work, slurm_cluster, "--configfile", "tiny.yaml")
+@pytest.fixture(scope="module")
+def slurm_tiny_run(slurm_shared: Path) -> SlurmRun:
+    """The training region of config/tiny.yaml, run to completion through SLURM."""
+    run = slurm_runs.result(slurm_shared, "tiny")
     assert run.returncode == 0, run.output[-6000:]
     return run
 
@@ -161,7 +106,8 @@ def test_every_job_but_the_local_ones_ran_as_a_slurm_job(
     rules = slurm_tiny_run.rules_of_jobs()
     submitted = slurm_tiny_run.submissions()
     remote = {job for job, rule in rules.items() if not rule.startswith("local:")}
-    assert {job for job, _, _ in submitted} == remote and len(submitted) == len(remote) == 20
+    # one job per rule: the run maps one region
+    assert {job for job, _, _ in submitted} == remote and len(submitted) == len(remote) == 11
     assert {rule for rule in rules.values() if rule.startswith("local:")} == {"local:all"}
     assert {rules[job] for job in remote} == {
         "synthetic_dem", "mask", "features", "tiles", "overview", "train",
@@ -213,7 +159,7 @@ def _same_vectors(a: Path, b: Path) -> None:
 def test_gis_outputs_are_identical_to_a_local_run(slurm_tiny_run: SlurmRun, tiny_run: Path) -> None:
     """Everything before training is deterministic: the cluster run must reproduce it exactly."""
     here, there = tiny_run, slurm_tiny_run.workdir
-    for region in ("tiny_train", "tiny_test"):
+    for region in (REGION,):
         for template in (paths.DEM, paths.MASK, paths.FEATURES):
             _same_raster(output(here, template, region=region), output(there, template, region=region))
         for template in (paths.SYNTHETIC_CONES, paths.BASELINE):
@@ -260,7 +206,7 @@ def test_model_outputs_agree_with_a_local_run(slurm_tiny_run: SlurmRun, tiny_run
     )
     timing = ["seconds", "tiles_per_s"]
     pd.testing.assert_frame_equal(ha.drop(columns=timing), hb.drop(columns=timing), rtol=1e-4)
-    for region in ("tiny_train", "tiny_test"):
+    for region in (REGION,):
         a, b = (output(d, paths.PROBABILITY, region=region) for d in (here, there))
         with rasterio.open(a) as ra, rasterio.open(b) as rb:
             assert (ra.crs, ra.transform, ra.shape) == (rb.crs, rb.transform, rb.shape)
@@ -268,23 +214,18 @@ def test_model_outputs_agree_with_a_local_run(slurm_tiny_run: SlurmRun, tiny_run
         assert (pa.mask == pb.mask).all()
         np.testing.assert_allclose(pa.filled(0), pb.filled(0), atol=1e-4, err_msg=region)
         cones_a, cones_b = (gpd.read_file(output(d, paths.CONES, region=region)) for d in (here, there))
-        assert len(cones_a) == len(cones_b), region  # none, for the 2-epoch model on tiny_test
+        assert len(cones_a) == len(cones_b), region
         if len(cones_a):
             moved = cones_a.geometry.symmetric_difference(cones_b.geometry).area.sum()
             assert moved <= 1e-3 * cones_a.area.sum(), region
 
 
 def test_a_failing_rule_fails_the_run_with_its_log_and_is_retried(
-    slurm_cluster: cluster_lib.Cluster, tmp_path: Path
+    slurm_cluster: cluster_lib.Cluster, slurm_shared: Path
 ) -> None:
     """A corrupt DEM fails the dem job on the cluster: resubmitted once (--retries 1), then the run
-    fails naming the rule's log, which holds the one-line cinderseg error."""
-    (tmp_path / "dem.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 8)
-    region = {"source": "file", "dem": "dem.tif", "role": "predict", "resolution_m": 30}
-    config = write_config(tmp_path, "bad.yaml", {"regions": {"vol": region}})
-    run = run_on_slurm(
-        tmp_path, slurm_cluster, "--configfile", config, "--retries", "1", paths.DEM.format(region="vol")
-    )
+    fails naming the rule's log, which holds the one-line cinderseg error (tests/slurm_runs.py)."""
+    run = slurm_runs.result(slurm_shared, "failing")
     assert run.returncode != 0
     submitted = run.submissions()
     assert len(submitted) == 2, run.output[-4000:]
@@ -302,6 +243,6 @@ def test_a_failing_rule_fails_the_run_with_its_log_and_is_retried(
     assert "Trying to restart job" in run.output and "Error in rule dem" in run.output
     assert f"log: {paths.log('dem', 'vol')}, {submitted[-1][2]}" in run.output
     assert "cinderseg: error: DEM of region 'vol': not a readable raster: dem.tif" in run.output
-    log = log_file(tmp_path, "dem", "vol").read_text()
+    log = log_file(run.workdir, "dem", "vol").read_text()
     assert "ERROR cinderseg: DEM of region 'vol': not a readable raster: dem.tif" in log
-    assert not output(tmp_path, paths.DEM, region="vol").exists()
+    assert not output(run.workdir, paths.DEM, region="vol").exists()

@@ -21,6 +21,7 @@ from tests.workflow_helpers import REPO, log_file, output, snakemake, write_conf
 
 pytestmark = pytest.mark.workflow
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+MODEL_CARD = paths.MODEL_FILE.format(model="resumable", file="model_card.json")
 
 
 def training_config(**train: object) -> dict:
@@ -34,16 +35,17 @@ def training_config(**train: object) -> dict:
 
 
 def test_a_killed_training_job_resumes_on_the_next_snakemake_call(tmp_path: Path) -> None:
+    """Both snakemake calls ask for the model (the steps after training are not part of this)."""
     configfile = write_config(tmp_path, "c.yaml", training_config(epochs=8, early_stopping_patience=20))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--workflow-profile",
            str(REPO / "profiles" / "default"), "--directory", str(tmp_path), "--cores", "2",
-           "--configfile", configfile]  # fmt: skip
+           MODEL_CARD, "--configfile", configfile]  # fmt: skip
     model_dir = output(tmp_path, paths.MODEL_DIR, model="resumable")
     state = model_dir.with_name("resumable.state") / "state.json"
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed_pid = None
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600  # a loaded machine (parallel tests) may take minutes
         while time.monotonic() < deadline and first.poll() is None:
             if state.exists() and json.loads(state.read_text())["next_epoch"] >= 2:
                 jobs = [
@@ -67,7 +69,7 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_call(tmp_path: Path
     assert 2 <= done < 8
     assert not (model_dir / "model.keras").exists(), "Snakemake removed the failed job's outputs"
 
-    snakemake(tmp_path, "--configfile", configfile)
+    snakemake(tmp_path, MODEL_CARD, "--configfile", configfile)
     card = json.loads((model_dir / "model_card.json").read_text())
     history = pd.read_csv(model_dir / "history.csv")
     assert card["resumed_from_epochs"] == [done] and card["sessions"] == 2
@@ -82,7 +84,7 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_call(tmp_path: Path
 def test_no_validation_tiles_is_one_clear_error(tmp_path: Path) -> None:
     cfg = training_config()
     cfg["tiling"] = {**cfg["tiling"], "val_fraction": 0}
-    proc = snakemake(tmp_path, "--configfile", write_config(tmp_path, "c.yaml", cfg), check=False)
+    proc = snakemake(tmp_path, MODEL_CARD, "--configfile", write_config(tmp_path, "c.yaml", cfg), check=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("cinderseg: error:")]
     tiles = paths.TILES.format(region="tiny_train")

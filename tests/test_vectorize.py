@@ -72,7 +72,9 @@ def _flat_dem(tmp_path: Path, shape: tuple[int, int]) -> Path:
 
 #: The network's own outlines, unfiltered by height: the object-forming steps (threshold, holes,
 #: opening, splitting, circularity) tested on their own, on DEMs without relief.
-NETWORK_OUTLINE = {"outline": "network", "min_height_m": 0, "min_height_to_diameter": 0}
+#: The network's own objects, without the learned second stage (tests/test_second_stage.py tests it).
+FIRST_STAGE = {"second_stage": "none"}
+NETWORK_OUTLINE = {"outline": "network", "min_height_m": 0, "min_height_to_diameter": 0, **FIRST_STAGE}
 
 
 def _run(tmp_path: Path, prob: np.ndarray, dem: Path | None = None, **kw) -> gpd.GeoDataFrame:
@@ -195,7 +197,7 @@ def test_low_objects_are_not_cones(tmp_path):
     by_place = every.sort_values("height_m", ascending=False).reset_index(drop=True)
     assert by_place.height_to_diameter[0] > 0.07 and by_place.height_to_diameter[1] < 0.04
     defaults = vectorize_cones(
-        _write(tmp_path / "p.tif", prob), dem, tmp_path / "d.gpkg", VectorizeSettings()
+        _write(tmp_path / "p.tif", prob), dem, tmp_path / "d.gpkg", VectorizeSettings(**FIRST_STAGE)
     )
     assert len(defaults) == 1, "the defaults keep the cone only"
     assert defaults.geometry[0].distance(Point(*cone)) == 0 and list(defaults.cone_id) == [1]
@@ -309,7 +311,10 @@ def test_realistic_cones_measured_and_block_size_invariant(tmp_path):
     assert opened[0].geometry.geom_equals_exact(opened[1].geometry, tolerance=0).all()
     from_dem = [
         vectorize_cones(
-            prob_path, dem, tmp_path / "d.gpkg", VectorizeSettings(block_px=block, max_diameter_m=2000)
+            prob_path,
+            dem,
+            tmp_path / "d.gpkg",
+            VectorizeSettings(block_px=block, max_diameter_m=2000, **FIRST_STAGE),
         )
         for block in (64, 4096)
     ]
@@ -453,7 +458,9 @@ def test_empty_result_writes_empty_layer_with_all_columns(tmp_path):
     dem = _flat_dem(tmp_path, shape)
     prob = _write(tmp_path / "prob.tif", np.full(shape, 0.2))
     out, summary = tmp_path / "cones.gpkg", tmp_path / "summary.csv"
-    cones = vectorize_cones(prob, dem, out, VectorizeSettings(), region="none", summary_path=summary)
+    cones = vectorize_cones(
+        prob, dem, out, VectorizeSettings(**FIRST_STAGE), region="none", summary_path=summary
+    )
     assert len(cones) == 0
     assert [name for name, _ in pyogrio.list_layers(out)] == ["cones", "rejected"]
     assert len(gpd.read_file(out, layer="rejected")) == 0
@@ -538,7 +545,7 @@ def test_products_and_figures(tmp_path):
         "height_vs_diameter_path": tmp_path / "fig" / "hd.png",
         "cone_map_path": tmp_path / "fig" / "map.png",
     }
-    cones = write_cone_products(prob, dem, VectorizeSettings(), region="one", **paths)
+    cones = write_cone_products(prob, dem, VectorizeSettings(**FIRST_STAGE), region="one", **paths)
     assert len(cones) == 1
     table = pd.read_csv(paths["summary_path"])
     assert table.loc[0, "n_cones"] == 1 and table.loc[0, "n_crater"] == 1
@@ -547,7 +554,7 @@ def test_products_and_figures(tmp_path):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # nothing found: the figures still come out, saying so
     zero = _write(tmp_path / "zero.tif", np.zeros(shape))
-    assert len(write_cone_products(zero, dem, VectorizeSettings(), region="none", **paths)) == 0
+    assert len(write_cone_products(zero, dem, VectorizeSettings(**FIRST_STAGE), region="none", **paths)) == 0
     for key in ("size_frequency_path", "height_vs_diameter_path", "cone_map_path"):
         assert paths[key].stat().st_size > 1000
 
@@ -578,11 +585,13 @@ def test_bad_inputs_fail_with_one_line_and_leave_no_output(tmp_path):
     ]
     for prob_path, dem_path, message in cases:
         with pytest.raises(InputError, match=message) as err:
-            vectorize_cones(prob_path, dem_path, out, VectorizeSettings(), region="mk", summary_path=summary)
+            vectorize_cones(
+                prob_path, dem_path, out, VectorizeSettings(**FIRST_STAGE), region="mk", summary_path=summary
+            )
         assert "\n" not in str(err.value)
         assert not out.exists() and not summary.exists()
     with pytest.raises(ConfigError, match=r"vectorize\.threshold"):
-        vectorize_cones(good, dem, out, VectorizeSettings(threshold=1.0))
+        vectorize_cones(good, dem, out, VectorizeSettings(threshold=1.0, **FIRST_STAGE))
     assert not out.exists()
 
 

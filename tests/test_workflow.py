@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -32,6 +33,16 @@ pytestmark = pytest.mark.workflow
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 STEPS = {"synthetic_dem", "mask", "features", "tiles", "overview"}
 MAP_STEPS = {"predict", "vectorize", "baseline", "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def tiny_copy(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny run (results and Snakemake's metadata, modification times kept) for the tests
+    that run snakemake in it: a dry run locks its directory for a moment and the report is written into
+    it, while other workers read or copy the shared run."""
+    work = tmp_path_factory.mktemp("tiny_copy")
+    shutil.copytree(tiny_run, work, symlinks=True, dirs_exist_ok=True)
+    return work
 
 
 def test_outputs_share_one_grid_and_tiles_match_manifest(tiny_run: Path) -> None:
@@ -71,42 +82,42 @@ def test_the_model_is_trained_on_the_training_regions(tiny_run: Path) -> None:
     assert not models.with_name(f"{models.name}.state").exists()
 
 
-def test_nothing_reruns_when_nothing_changed(tiny_run: Path) -> None:
-    assert planned_jobs(tiny_run, "tiny.yaml") == set()
+def test_nothing_reruns_when_nothing_changed(tiny_copy: Path) -> None:
+    assert planned_jobs(tiny_copy, "tiny.yaml") == set()
 
 
-def test_changing_one_region_reruns_only_that_region(tiny_run: Path) -> None:
+def test_changing_one_region_reruns_only_that_region(tiny_copy: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["regions"]["tiny_test"]["synthetic"]["seed"] = 99
-    jobs = planned_jobs(tiny_run, write_config(tiny_run, "one_region.yaml", cfg))
+    jobs = planned_jobs(tiny_copy, write_config(tiny_copy, "one_region.yaml", cfg))
     assert {region for _, region in jobs} - {""} == {"tiny_test"}
     assert {rule for rule, _ in jobs} >= STEPS | MAP_STEPS
     assert "train" not in {rule for rule, _ in jobs}, "a test region does not feed training"
 
 
-def test_changing_tiling_reruns_tiles_not_dem_mask_features(tiny_run: Path) -> None:
+def test_changing_tiling_reruns_tiles_not_dem_mask_features(tiny_copy: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["tiling"]["step"] = 96
-    jobs = planned_jobs(tiny_run, write_config(tiny_run, "tiling.yaml", cfg))
+    jobs = planned_jobs(tiny_copy, write_config(tiny_copy, "tiling.yaml", cfg))
     rules = {rule for rule, _ in jobs}
     assert {"tiles", "train"} <= rules
     assert rules.isdisjoint({"synthetic_dem", "mask", "features"})
     assert {region for rule, region in jobs if rule == "tiles"} == set(TINY["regions"])
 
 
-def test_changing_features_keeps_dem_and_mask(tiny_run: Path) -> None:
+def test_changing_features_keeps_dem_and_mask(tiny_copy: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["features"] = {"channels": ["elevation", "slope", "local_relief"]}
-    rules = {rule for rule, _ in planned_jobs(tiny_run, write_config(tiny_run, "features.yaml", cfg))}
+    rules = {rule for rule, _ in planned_jobs(tiny_copy, write_config(tiny_copy, "features.yaml", cfg))}
     assert {"features", "tiles"} <= rules
     assert rules.isdisjoint({"synthetic_dem", "mask"})
 
 
-def test_adding_a_region_runs_only_the_new_region(tiny_run: Path) -> None:
+def test_adding_a_region_runs_only_the_new_region(tiny_copy: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["regions"]["tiny_extra"] = copy.deepcopy(cfg["regions"]["tiny_test"])
     cfg["regions"]["tiny_extra"]["synthetic"]["seed"] = 13
-    jobs = planned_jobs(tiny_run, write_config(tiny_run, "added.yaml", cfg))
+    jobs = planned_jobs(tiny_copy, write_config(tiny_copy, "added.yaml", cfg))
     assert {region for _, region in jobs} - {""} == {"tiny_extra"}
 
 
@@ -146,16 +157,16 @@ def test_labelled_regions_are_evaluated_against_the_labels_and_the_baseline(tiny
     assert set(table["region"]) == set(TINY["regions"]) and set(table["method"]) == {"network", "baseline"}
 
 
-def test_changing_the_threshold_reruns_vectorize_and_evaluate_not_predict(tiny_run: Path) -> None:
+def test_changing_the_threshold_reruns_vectorize_and_evaluate_not_predict(tiny_copy: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["vectorize"] = {"threshold": 0.6}
-    rules = {rule for rule, _ in planned_jobs(tiny_run, write_config(tiny_run, "threshold.yaml", cfg))}
+    rules = {rule for rule, _ in planned_jobs(tiny_copy, write_config(tiny_copy, "threshold.yaml", cfg))}
     assert rules - {"all"} == {"vectorize", "evaluate", "metrics_summary"}
 
 
-def test_the_report_gathers_figures_and_metrics(tiny_run: Path) -> None:
-    snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", paths.REPORT)
-    html = (tiny_run / paths.REPORT).read_text(errors="replace")
+def test_the_report_gathers_figures_and_metrics(tiny_copy: Path) -> None:
+    snakemake(tiny_copy, "--configfile", "tiny.yaml", "--report", paths.REPORT)
+    html = (tiny_copy / paths.REPORT).read_text(errors="replace")
     assert len(html) > 100_000
     for name in ("training_curves.png", "cone_map.png", "errors.png", "summary.csv"):
         assert name in html, name

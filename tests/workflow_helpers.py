@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -10,12 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import yaml
 
 from cinderseg.workflow import paths
@@ -23,6 +25,24 @@ from cinderseg.workflow import paths
 REPO = Path(__file__).resolve().parent.parent
 JOB_LINE = re.compile(r"^(?:local)?rule (\w+):$")
 WILDCARDS_LINE = re.compile(r"^\s+wildcards: (.*)$")
+
+
+def shared_path(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """``name`` in the folder of this test session that every xdist worker sees (the session's base
+    temporary folder; under xdist, the parent of the workers' own)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (created if missing) across processes."""
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def snakemake_command(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +91,7 @@ def read_model_card(
     return card
 
 
-def training_resolution_m(card: dict[str, Any]) -> float | None:
-    """The pixel size (m) the model was trained at: the median over its training regions, if recorded."""
+def training_resolution_range_m(card: dict[str, Any]) -> tuple[float, float] | None:
+    """The smallest and largest pixel size (m) of the model's training regions, if recorded."""
     values = [float(v) for v in (card.get("resolution_m") or {}).values()]
-    return statistics.median(values) if values else None
+    return (min(values), max(values)) if values else None

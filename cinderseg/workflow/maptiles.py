@@ -35,8 +35,8 @@ from rasterio.warp import transform_bounds
 
 from cinderseg.cones.baseline import EXTRA_COLUMNS, BaselineSettings, run_baseline
 from cinderseg.cones.morphometry import empty_cone_layer, summarize_cones, write_cone_layer
-from cinderseg.cones.outline import suppress_overlaps
 from cinderseg.cones.network import DEM_OUTLINE_MAX_OVERLAP
+from cinderseg.cones.outline import suppress_overlaps
 from cinderseg.cones.vectorize import VectorizeSettings, vectorize_cones
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.raster import atomic_write
