@@ -91,7 +91,7 @@ pretrained-verifier: $(STAMP)
 	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42
 	$(BIN)/python -m bench.second_stage --workdir $(VERIFIER_WORK) --seed 42 --ship cinderseg/pretrained/.verifier.json.tmp
 	mv cinderseg/pretrained/.verifier.json.tmp cinderseg/pretrained/verifier.json
-	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42 --score-only
+	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42 --score-only --card cinderseg/pretrained/model_card.json
 
 clean:
 	rm -rf results .snakemake

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, nargs="*", help="1-based blocks (default: all)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--score-only", action="store_true", help="score finished folds, run nothing")
+    parser.add_argument("--card", type=Path, help="write the mean held-out F1s into this model card")
     args = parser.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -228,6 +229,27 @@ def main(argv: list[str] | None = None) -> None:
             ]
             if vals:
                 print(f"mean  {res:>3} m {method:<14} F1 {np.mean(vals):.3f} over {len(vals)} folds")
+    if args.card:
+        write_heldout_scores(args.card, results, args.seed)
+
+
+def write_heldout_scores(card_path: Path, results: list[dict[str, Any]], seed: int) -> None:
+    """The card's ``heldout_scores``: mean object F1 per resolution and method over the folds."""
+    card = json.loads(card_path.read_text())
+    f1s: dict[str, dict[str, list[float]]] = {}
+    for r in results:
+        if r["f1"] is not None:
+            f1s.setdefault(f"{r['resolution_m']}m", {}).setdefault(r["method"], []).append(r["f1"])
+    card["heldout_scores"] = {
+        "what": "mean object F1 of the recipe trained without each quarter of Mauna Kea, on that quarter "
+        "(python -m bench.recipe_folds; 'second stage' is the shipped verifier's method)",
+        "seed": seed,
+        "folds": len({r["fold"] for r in results}),
+        "f1": {res: {m: round(float(np.mean(v)), 3) for m, v in d.items()} for res, d in f1s.items()},
+    }
+    tmp = card_path.with_name(f".{card_path.name}.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(card_path)
 
 
 if __name__ == "__main__":

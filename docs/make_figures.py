@@ -1,14 +1,16 @@
-"""Remake the README's picture: the shipped model's cone map of the Mauna Kea example.
+"""Remake the README's picture: a held-out cone map of the Mauna Kea example.
 
-Runs ``python -m cinderseg predict`` with the shipped model on ``examples/mauna_kea/`` (SRTM3, 90 m,
-reprojected by the command to 30 m in UTM 5N), matches the mapped cones to the 128 labelled cones
-the way the evaluate step does (centre within 1 radius, radius within 50 %, one to one), and draws
-both on a hillshade of the DEM, axes in km (UTM 5N, EPSG:32605)::
+The shipped model was trained on all of Mauna Kea, so the README shows each quarter of the volcano
+mapped by the shipped recipe trained without that quarter (``--heldout``: a seed folder of
+``python -m bench.recipe_folds`` after ``python -m bench.second_stage``; its second-stage cones of
+``mk_test_30``, each fold's inside its own quarter). Without it, ``python -m cinderseg predict`` maps
+``examples/mauna_kea/`` with the shipped model (in-sample); ``--cones`` draws any cone layer. The
+mapped cones are matched to the 128 labelled cones the way the evaluate step does (centre within 1
+radius, radius within 50 %, one to one) and drawn on a hillshade, axes in km (UTM 5N, EPSG:32605)::
 
-    PYTHONPATH=$PWD .venv/bin/python docs/make_figures.py          # about 15 s on one core
+    PYTHONPATH=$PWD .venv/bin/python docs/make_figures.py --heldout bench/work/recipe_folds/seed42
 
-writes ``docs/mauna_kea_cones.png`` and prints the counts and scores for the caption. ``--cones``
-draws an existing cone layer instead of running the model.
+writes ``docs/mauna_kea_cones.png`` and prints the counts and scores for the caption.
 """
 
 from __future__ import annotations
@@ -78,6 +80,27 @@ def run_shipped_model(dem: Path, out_dir: Path) -> Path:
     return cones
 
 
+def heldout_cones(seed_dir: Path, out_dir: Path, region: str = "mk_test_30") -> Path:
+    """One cone layer of the recipe folds' second-stage cones, each fold's inside its held-out quarter."""
+    import pandas as pd
+
+    from cinderseg.assess.matching import cone_circles
+    from cinderseg.core.grid import points_in_block
+    from cinderseg.data.folds import block_grid
+
+    folds = sorted(seed_dir.glob("fold*"))
+    parts = []
+    for k, fold_dir in enumerate(folds, start=1):
+        cones = gpd.read_file(fold_dir / "second_stage" / f"{region}.gpkg", layer="cones")
+        with rasterio.open(fold_dir / "results" / "dem" / f"{region}.tif") as ds:
+            x, y, _ = cone_circles(cones)
+            block = block_grid(ds.height, ds.width, 2, 2)[k - 1]
+            parts.append(cones[points_in_block(x, y, ds.transform, block)])
+    out = out_dir / "heldout.gpkg"
+    gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs).to_file(out, layer="cones")
+    return out
+
+
 def match(labels_path: Path, cones_path: Path) -> Outcome:
     """Labels (points with ``radius_m``, buffered) matched to the mapped cones, in the cones' CRS."""
     mapped = gpd.read_file(cones_path)
@@ -115,7 +138,9 @@ def _outline(ax: plt.Axes, cones: gpd.GeoDataFrame, colour: str, style: str, wid
             ax.plot(np.asarray(x) / 1000, np.asarray(y) / 1000, color=colour, ls=style, lw=width)
 
 
-def draw(outcome: Outcome, shade: np.ndarray, extent: tuple[float, float, float, float]) -> plt.Figure:
+def draw(
+    outcome: Outcome, shade: np.ndarray, extent: tuple[float, float, float, float], what: str
+) -> plt.Figure:
     """The map: hillshade, labelled cones in blue, mapped cones in orange; misses and false ones dashed."""
     fig, ax = plt.subplots(figsize=(8.0, 8.4), dpi=110)
     ax.imshow(shade, extent=extent, cmap="gray", vmin=-0.1, vmax=1.0, interpolation="bilinear")
@@ -138,7 +163,7 @@ def draw(outcome: Outcome, shade: np.ndarray, extent: tuple[float, float, float,
     ax.set_xlabel("easting, km (UTM 5N)")
     ax.set_ylabel("northing, km (UTM 5N)")
     ax.set_title(
-        "Mauna Kea (SRTM 90 m, mapped at 30 m): the shipped model, no Mauna Kea training\n"
+        f"Mauna Kea (SRTM 90 m, mapped at 30 m): {what}\n"
         f"object precision {s['precision']:.2f}, recall {s['recall']:.2f}, F1 {s['f1']:.2f}",
         fontsize=10,
     )
@@ -169,14 +194,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dem", type=Path, default=EXAMPLE / "mauna_kea_srtm3.tif")
     parser.add_argument("--labels", type=Path, default=EXAMPLE / "mauna_kea_cones.geojson")
+    parser.add_argument("--heldout", type=Path, help="a seed folder of bench.recipe_folds (see above)")
     parser.add_argument("--cones", type=Path, help="an existing cone layer (default: run the shipped model)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mauna_kea_cones.png")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cinderseg-figure-") as scratch:
-        cones = args.cones or run_shipped_model(args.dem, Path(scratch))
+        if args.heldout:
+            cones, what = (
+                heldout_cones(args.heldout, Path(scratch)),
+                "each quarter by the recipe trained without it",
+            )
+        elif args.cones:
+            cones, what = args.cones, args.cones.name
+        else:
+            cones, what = run_shipped_model(args.dem, Path(scratch)), "the shipped model (trained on it)"
         outcome = match(args.labels, cones)
     shade, extent = shaded_relief(args.dem, outcome.found.crs)
-    save_small_png(draw(outcome, shade, extent), args.out)
+    save_small_png(draw(outcome, shade, extent, what), args.out)
     s, n_true, n_pred = outcome.scores(), outcome.n_true, outcome.n_pred
     print(
         f"{args.out}: {len(outcome.found)} of {n_true} labelled cones found, {len(outcome.missed)} missed; "

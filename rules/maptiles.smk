@@ -82,7 +82,7 @@ rule tile_predict:
         tile_size=expected_tile_size,
         label=tile_label,
     script:
-        "../scripts/tile_step.py"
+        "../scripts/tile_predict.py"
 
 
 rule tile_vectorize:

@@ -1,5 +1,6 @@
-"""Snakemake script of rules tile_features, tile_predict, tile_vectorize and tile_baseline: one step of
-one map tile (cinderseg.workflow.maptiles; empty outputs for a tile without data)."""
+"""Snakemake script of rules tile_features, tile_vectorize and tile_baseline: one GIS step of one map
+tile (cinderseg.workflow.maptiles; empty outputs for a tile without data). tile_predict:
+scripts/tile_predict.py (its own environment, with TensorFlow)."""
 
 from cinderseg.cones.baseline import BaselineSettings
 from cinderseg.cones.vectorize import VectorizeSettings
@@ -11,29 +12,6 @@ inp, out, params, label = snakemake.input, snakemake.output, snakemake.params, s
 if snakemake.rule == "tile_features":
     settings = FeatureSettings.from_config(params.features)
     run_step(snakemake.log[0], maptiles.tile_features, inp.dem, out.features, settings, label=label)
-elif snakemake.rule == "tile_predict":
-    from cinderseg.terrain.maptiles import has_data, write_empty_raster
-
-    def predict_tile(features: str, model: str, probability: str, settings: dict) -> None:
-        """The predict step of one tile; a nodata map for a tile without data (TensorFlow not loaded)."""
-        if not has_data(features, what=f"features of {label}"):
-            write_empty_raster(features, probability, [None])
-            return
-        from cinderseg.nn.predict import predict_probability
-        from cinderseg.nn.settings import PredictSettings
-
-        predict_probability(
-            features,
-            model,
-            probability,
-            PredictSettings.from_config(settings),
-            expected_channels=params.channels,
-            expected_tile_size=params.tile_size,
-            region=label,
-            threads=snakemake.threads,
-        )
-
-    run_step(snakemake.log[0], predict_tile, inp.features, inp.model, out.probability, params.predict)
 elif snakemake.rule == "tile_vectorize":
     settings = VectorizeSettings.from_config(params.vectorize)
     run_step(

@@ -170,7 +170,7 @@ def test_three_environments_one_per_rule_group() -> None:
     for name, sections in RULES.items():
         groups[rule_env(sections).name].add(name)
     assert set(groups) == {"gis.yaml", "tf.yaml", "report.yaml"}
-    assert groups["tf.yaml"] == {"train", "predict", "crossval_train", "crossval_predict"}
+    assert groups["tf.yaml"] == {"train", "predict", "crossval_train", "crossval_predict", "tile_predict"}
     assert groups["report.yaml"] == {"overview", "metrics_summary", "crossval_summary"}
     assert {p.name for p in (REPO / "envs").glob("*.yaml")} == set(groups), "an env file no rule uses"
 

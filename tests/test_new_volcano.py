@@ -48,7 +48,7 @@ def test_fine_tuning_starts_from_the_shipped_model(workdir: Path) -> None:
     out = workdir / "results" / "models" / "fine_tuned"
     card = json.loads((out / "model_card.json").read_text())
     assert card["initial_model"]["path"] == "pretrained"
-    assert card["initial_model"]["training_regions"][0] == "young_30m"
+    assert card["initial_model"]["training_regions"][0] == "mauna_kea_30"
     shipped = load_model(PRETRAINED_MODEL)
     fresh = build_unet(ModelSettings.from_config(card["config"]["model"]), tile_size=128, n_channels=3)
 
