@@ -124,6 +124,9 @@ def fold_config(fold_dir: Path, seed: int) -> Path:
             },
         }
     cfg.setdefault("train", {})["seed"] = seed
+    # the network's own objects: bench.second_stage fits and applies the verifier out of fold (the
+    # shipped verifier has seen every quarter's candidates)
+    cfg.setdefault("vectorize", {})["second_stage"] = "none"
     out = fold_dir / "config.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
