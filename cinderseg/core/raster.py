@@ -9,6 +9,7 @@ Conventions for every raster the workflow writes:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -113,6 +114,12 @@ def geotiff_profile(
     if dtype == "uint8":
         profile["predictor"] = 1
     return profile
+
+
+def file_digest(path: str | os.PathLike[str], name: str = "sha256") -> str:
+    """Hex digest (``name``: "sha256", "md5") of a file, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.new(name, usedforsecurity=False)).hexdigest()
 
 
 def check_input_file(path: str | os.PathLike[str], *, what: str) -> Path:

@@ -26,7 +26,6 @@ Keras' within 1e-5 (float32 both; tests/test_predict.py checks 1e-4).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cinderseg.core.errors import InputError
-from cinderseg.core.raster import atomic_write
+from cinderseg.core.raster import atomic_write, file_digest
 from cinderseg.nn.calibrate import apply_temperature
 
 if TYPE_CHECKING:
@@ -58,15 +57,6 @@ SIZE_MULTIPLE = 32
 def onnx_path(model_path: str | os.PathLike[str]) -> Path:
     """The ONNX file beside a ``.keras`` model (same folder and stem)."""
     return Path(model_path).with_suffix(".onnx")
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- export
@@ -146,7 +136,7 @@ def export_onnx(
                 if any_size or name == "batch":
                     dim.dim_param = name
         meta = {
-            META_SHA256: file_sha256(path),
+            META_SHA256: file_digest(path),
             META_ANY_SIZE: "1" if any_size else "0",
             META_INPUT: ",".join(str(d) if d is not None else "?" for d in (height, width, channels)),
         }
@@ -414,7 +404,7 @@ def onnx_session(
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if META_SHA256 not in meta:
         return None, f"{path.name} is not a cinderseg export"
-    if meta[META_SHA256] != file_sha256(model_path):
+    if meta[META_SHA256] != file_digest(model_path):
         return None, f"{path.name} was exported from another {Path(model_path).name} (stale)"
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].shape[-1] != n_channels:

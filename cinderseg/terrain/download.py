@@ -30,9 +30,9 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
 from cinderseg.core.errors import InputError
-from cinderseg.core.raster import atomic_write
+from cinderseg.core.raster import atomic_write, file_digest
 from cinderseg.core.schema import section_default, validate_section
-from cinderseg.terrain.fetch import discard, download_file, fetch_json, file_digest, url_allowed
+from cinderseg.terrain.fetch import discard, download_file, fetch_json, url_allowed
 
 log = logging.getLogger(__name__)
 

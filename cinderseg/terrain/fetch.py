@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ from urllib3.util.retry import Retry
 
 from cinderseg.core.errors import InputError
 from cinderseg.core.progress import track
+from cinderseg.core.raster import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +192,6 @@ def discard(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def file_digest(path: Path, name: str) -> str:
-    """Hex digest (``name``: "sha256", "md5") of a file, read in chunks."""
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, lambda: hashlib.new(name, usedforsecurity=False)).hexdigest()
 
 
 def _server_md5(headers: Mapping[str, str]) -> str | None:
