@@ -29,6 +29,7 @@ import numpy as np
 import pyproj
 import rasterio
 import yaml
+from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from cinderseg.assess.evaluate import evaluate_objects, read_cones
@@ -51,6 +52,11 @@ HELD_OUT_SCENES = {
     for ground in ("donor", "plain", "hills", "coast")
     for res in (30, 90)
 }
+#: Cone-free ground: land (valid DEM above sea level) farther than this beyond every labelled cone's
+#: basal circle; a cone mapped there is a false alarm whatever the matching says.
+CONE_FREE_MARGIN_M = 1000.0
+#: False alarms on cone-free ground are counted per this many km² (issue 20's target: at most 1).
+PER_KM2 = 200.0
 
 
 def grid_of(resolution_m: float, workdir: Path) -> tuple[rasterio.Affine, Any, int, int]:
@@ -163,9 +169,11 @@ def score(fold_dir: Path, name: str, block: Window, methods: dict[str, Path]) ->
     with rasterio.open(mask) as ds:
         crs = ds.crs
     truth = load_labels(LABELS, target_crs=crs, radius_field="radius_m")
+    free, free_transform, free_km2 = cone_free_ground(fold_dir / f"results/dem/{name}.tif", truth, block)
     rows = []
     for method, path in methods.items():
-        objects, _ = evaluate_objects(truth, read_cones(path), mask, EvaluateSettings(), area=block)
+        cones = read_cones(path)
+        objects, _ = evaluate_objects(truth, cones, mask, EvaluateSettings(), area=block)
         rows.append(
             {
                 "method": method,
@@ -174,9 +182,42 @@ def score(fold_dir: Path, name: str, block: Window, methods: dict[str, Path]) ->
                 "recall": objects["recall"],
                 "n_true": objects["n_true"],
                 "n_pred": objects["n_pred"],
+                "cone_free_alarms": alarms_on(free, free_transform, cones.to_crs(crs)),
+                "cone_free_km2": round(free_km2, 1),
             }
         )
     return rows
+
+
+def cone_free_ground(
+    dem_path: Path, truth: gpd.GeoDataFrame, block: Window
+) -> tuple[np.ndarray, rasterio.Affine, float]:
+    """The cone-free land of ``block`` of the DEM's grid (bool array of the block's shape), its
+    transform and its area in km²: valid pixels above sea level farther than
+    :data:`CONE_FREE_MARGIN_M` beyond every true cone's basal circle (``truth`` in the DEM's CRS, with
+    ``radius_m``)."""
+    with rasterio.open(dem_path) as ds:
+        z = ds.read(1, window=block, masked=True)
+        transform = ds.window_transform(block)
+        res = abs(ds.transform.a)
+    near = [
+        (centre.buffer(float(r) + CONE_FREE_MARGIN_M), 1)
+        for centre, r in zip(truth.geometry.centroid, truth["radius_m"], strict=True)
+    ]
+    cones = rasterize(near, out_shape=z.shape, transform=transform, fill=0, dtype="uint8").astype(bool)
+    free = ~np.ma.getmaskarray(z) & (z.filled(0) > 0) & ~cones
+    return free, transform, float(free.sum()) * res * res / 1e6
+
+
+def alarms_on(free: np.ndarray, transform: rasterio.Affine, cones: gpd.GeoDataFrame) -> int:
+    """How many ``cones`` (in the grid's CRS) are centred on a True pixel of ``free`` (its transform)."""
+    if not len(cones):
+        return 0
+    centres = cones.geometry.centroid
+    cols, rows = ~transform @ (centres.x.to_numpy(), centres.y.to_numpy())
+    rows, cols = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    inside = (rows >= 0) & (rows < free.shape[0]) & (cols >= 0) & (cols < free.shape[1])
+    return int(free[rows[inside], cols[inside]].sum())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +273,14 @@ def main(argv: list[str] | None = None) -> None:
             ]
             if vals:
                 print(f"mean  {res:>3} m {method:<14} F1 {np.mean(vals):.3f} over {len(vals)} folds")
+            rows_m = [r for r in results if r["resolution_m"] == res and r["method"] == method]
+            km2 = sum(r["cone_free_km2"] for r in rows_m)
+            if km2 > 0:
+                alarms = sum(r["cone_free_alarms"] for r in rows_m)
+                print(
+                    f"      {res:>3} m {method:<14} {alarms} cones on {km2:.0f} km² of cone-free ground: "
+                    f"{alarms / km2 * PER_KM2:.2f} per {PER_KM2:.0f} km²"
+                )
     if args.card:
         write_heldout_scores(args.card, results, args.seed)
 

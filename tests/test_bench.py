@@ -65,3 +65,40 @@ def test_step_times_sum_the_rules_benchmark_files(tmp_path: Path) -> None:
     assert steps["train"] == {"jobs": 1, "seconds": 60.0, "max_rss_mb": 0.0}
     assert jobs_done("...\n21 of 21 steps (100%) done\n") == 21
     assert jobs_done("Nothing to be done.") == 0
+
+
+def test_cone_free_ground_leaves_out_the_sea_and_a_margin_around_every_labelled_cone(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    from shapely.geometry import Point
+
+    from bench.recipe_folds import CONE_FREE_MARGIN_M, alarms_on, cone_free_ground
+
+    z = np.full((200, 200), 500.0, dtype=np.float32)
+    z[:, 160:] = 0.0  # sea
+    z[:10, :10] = -9999.0  # a void
+    dem = tmp_path / "dem.tif"
+    transform = from_origin(0.0, 6000.0, 30.0, 30.0)
+    profile = {"driver": "GTiff", "width": 200, "height": 200, "count": 1, "dtype": "float32"}
+    with rasterio.open(dem, "w", **profile, crs="EPSG:32605", transform=transform, nodata=-9999.0) as ds:
+        ds.write(z, 1)
+    truth = gpd.GeoDataFrame({"radius_m": [200.0]}, geometry=[Point(2415.0, 2985.0)], crs="EPSG:32605")
+    free, block_transform, km2 = cone_free_ground(dem, truth, Window(0, 0, 200, 200))
+    reach = 200.0 + CONE_FREE_MARGIN_M
+    assert not free[:, 160:].any() and not free[:10, :10].any()
+    assert not free[100, 80] and free[100, 80 - int(reach / 30) - 2]
+    disc = np.pi * reach**2 / 900.0
+    assert abs(free.sum() - (160 * 200 - 100 - disc)) < 0.02 * disc
+    assert km2 == free.sum() * 900.0 / 1e6
+    cones = gpd.GeoDataFrame(
+        geometry=[
+            Point(x, y).buffer(100.0)
+            for x, y in ((2415.0, 2985.0), (300.0, 300.0), (5400.0, 3000.0), (150.0, 5900.0))
+        ],
+        crs="EPSG:32605",
+    )  # on the labelled cone, on cone-free land, at sea, in the void
+    assert alarms_on(free, block_transform, cones) == 1
+    assert alarms_on(free, block_transform, cones.iloc[:0]) == 0

@@ -297,6 +297,10 @@ def candidate_features(
     feats["from_detector"] = cands["from_detector"].to_numpy(dtype=float)
     for name in ("baseline_choice", "outline_roundness", "outline_relief_m", "outline_flank_deg"):
         feats[name] = cands[name].to_numpy(dtype=float)
+    ctx_names = ("closure", "steep_side_ratio", "surround_rough_ratio", "surround_high_ratio", "base_slope_deg")
+    ctx = {name: np.full(len(cones), np.nan) for name in ctx_names}
+    radius_px = np.full(len(cones), np.nan)
+    centre = np.full(len(cones), np.nan)
     prob_ds = (
         open_raster(probability_path, what=what("probability raster", region)) if probability_path else None
     )
@@ -305,26 +309,29 @@ def candidate_features(
             res = abs(dem.transform.a)
             inv = ~dem.transform
             for i, geom in enumerate(cones.geometry):
-                radius_px = math.sqrt(geom.area / math.pi) / res
+                radius_px[i] = math.sqrt(geom.area / math.pi) / res
                 cx, cy = geom.centroid.x, geom.centroid.y
                 col_f, row_f = inv @ (cx, cy)
-                reach = math.ceil(SURROUND_RING[1] * radius_px) + 2
+                reach = math.ceil(SURROUND_RING[1] * radius_px[i]) + 2
                 win = Window(int(col_f), int(row_f), 1, 1)
                 z, valid, top, left = read_padded(dem, win, reach)
                 z = np.where(valid, z, np.nan)
-                ctx = context_features(z, row_f - top - 0.5, col_f - left - 0.5, radius_px, height[i], res)
-                for key, value in ctx.items():
-                    feats.loc[i, key] = value
-                feats.loc[i, "radius_px"] = radius_px
-                feats.loc[i, "resolution_m"] = res
+                got = context_features(z, row_f - top - 0.5, col_f - left - 0.5, radius_px[i], height[i], res)
+                for key, value in got.items():
+                    ctx[key][i] = value
                 if prob_ds is not None:
-                    half = max(1, round(radius_px / 2))
+                    half = max(1, round(radius_px[i] / 2))
                     p, pv, _, _ = read_padded(prob_ds, win, half)
                     p = np.where(pv & (p >= 0), p, np.nan)
-                    feats.loc[i, "probability_centre"] = float(np.nanmax(p)) if np.isfinite(p).any() else 0.0
+                    centre[i] = float(np.nanmax(p)) if np.isfinite(p).any() else 0.0
     finally:
         if prob_ds is not None:
             prob_ds.close()
+    for key, values in ctx.items():
+        feats[key] = values
+    feats["radius_px"] = radius_px
+    feats["resolution_m"] = res
+    feats["probability_centre"] = centre
     for key, value in overlap_features(list(cones.geometry), height).items():
         feats[key] = value
     for name in ("probability_mean", "probability_max", "probability_centre"):

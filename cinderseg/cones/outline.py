@@ -157,7 +157,8 @@ def _ray_radii(relief: np.ndarray, cy: int, cx: int, r0: float) -> tuple[np.ndar
     descent[:, 1:-1] = (prof[:, :-2] - prof[:, 2:]) / (2.0 * step)
     # the toe sample lies about half a pixel past the foot (bilinear interpolation blurs the break)
     radii = np.maximum(_toes(prof, descent, inner, height, SADDLE_RISE * height) * step - 0.5, step)
-    med = np.median(np.stack([np.roll(radii, 1), radii, np.roll(radii, -1)]), axis=0)  # circular median of 3
+    before, after = np.roll(radii, 1), np.roll(radii, -1)  # circular median of 3:
+    med = np.maximum(np.minimum(before, radii), np.minimum(np.maximum(before, radii), after))
     return 0.25 * np.roll(med, 1) + 0.5 * med + 0.25 * np.roll(med, -1), height  # then a light smoothing
 
 
