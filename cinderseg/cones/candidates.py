@@ -80,6 +80,14 @@ FEATURES: tuple[str, ...] = (
     "outline_relief_m",
     "outline_flank_deg",
 )
+#: The features :func:`context_features` reads from the DEM around a candidate.
+CONTEXT_FEATURES = (
+    "closure",
+    "steep_side_ratio",
+    "surround_rough_ratio",
+    "surround_high_ratio",
+    "base_slope_deg",
+)
 N_RAYS = 32
 #: Context rings, in basal radii from the centre: the base ring (plane fit) and the surroundings.
 BASE_RING = (1.15, 1.6)
@@ -194,10 +202,7 @@ def context_features(
       the detrended ground 1.6-3 radii out, over the height (hill country around it);
     - ``base_slope_deg``: slope of the base ring's plane.
     """
-    out = dict.fromkeys(
-        ("closure", "steep_side_ratio", "surround_rough_ratio", "surround_high_ratio", "base_slope_deg"),
-        math.nan,
-    )
+    out = dict.fromkeys(CONTEXT_FEATURES, math.nan)
     yy, xx = np.indices(z.shape, dtype=np.float64)
     dy, dx = yy - row, xx - col
     rho = np.hypot(dy, dx) / max(radius_px, 1e-6)
@@ -297,8 +302,7 @@ def candidate_features(
     feats["from_detector"] = cands["from_detector"].to_numpy(dtype=float)
     for name in ("baseline_choice", "outline_roundness", "outline_relief_m", "outline_flank_deg"):
         feats[name] = cands[name].to_numpy(dtype=float)
-    ctx_names = ("closure", "steep_side_ratio", "surround_rough_ratio", "surround_high_ratio", "base_slope_deg")
-    ctx = {name: np.full(len(cones), np.nan) for name in ctx_names}
+    ctx = {name: np.full(len(cones), np.nan) for name in CONTEXT_FEATURES}
     radius_px = np.full(len(cones), np.nan)
     centre = np.full(len(cones), np.nan)
     prob_ds = (

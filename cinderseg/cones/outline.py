@@ -77,6 +77,16 @@ def _design(dx: np.ndarray, dy: np.ndarray, order: int) -> np.ndarray:
     return np.stack(terms, axis=-1)
 
 
+def _median(x: np.ndarray) -> float:
+    """The median of a 1-D array of finite values, as ``np.median`` (without its per-call overhead)."""
+    n = x.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(x, k)[k])
+    part = np.partition(x, (k - 1, k))
+    return float((part[k - 1] + part[k]) / 2.0)
+
+
 def _fit_surface(dx: np.ndarray, dy: np.ndarray, z: np.ndarray, order: int) -> np.ndarray | None:
     """Robust least-squares surface of ``order`` 1 (plane) or 2 (quadric); points beyond 2.5 MAD of
     the residuals are dropped and the fit repeated, twice. None with too few points."""
@@ -92,8 +102,9 @@ def _fit_surface(dx: np.ndarray, dy: np.ndarray, z: np.ndarray, order: int) -> n
         except np.linalg.LinAlgError:
             coef = np.linalg.lstsq(a, z[keep], rcond=None)[0]
         res = z - design @ coef
-        med = np.median(res[keep])
-        mad = 1.4826 * np.median(np.abs(res[keep] - med)) + 1e-6
+        kept = res[keep]
+        med = _median(kept)
+        mad = 1.4826 * _median(np.abs(kept - med)) + 1e-6
         keep = np.abs(res - med) <= 2.5 * mad
     return coef
 
@@ -157,9 +168,11 @@ def _ray_radii(relief: np.ndarray, cy: int, cx: int, r0: float) -> tuple[np.ndar
     descent[:, 1:-1] = (prof[:, :-2] - prof[:, 2:]) / (2.0 * step)
     # the toe sample lies about half a pixel past the foot (bilinear interpolation blurs the break)
     radii = np.maximum(_toes(prof, descent, inner, height, SADDLE_RISE * height) * step - 0.5, step)
-    before, after = np.roll(radii, 1), np.roll(radii, -1)  # circular median of 3:
-    med = np.maximum(np.minimum(before, radii), np.minimum(np.maximum(before, radii), after))
-    return 0.25 * np.roll(med, 1) + 0.5 * med + 0.25 * np.roll(med, -1), height  # then a light smoothing
+    ring = np.concatenate([radii[-1:], radii, radii[:1]])  # circular: neighbours before and after
+    before, after = ring[:-2], ring[2:]
+    med = np.maximum(np.minimum(before, radii), np.minimum(np.maximum(before, radii), after))  # median of 3
+    ring = np.concatenate([med[-1:], med, med[:1]])
+    return 0.25 * ring[:-2] + 0.5 * med + 0.25 * ring[2:], height  # then a light smoothing
 
 
 @dataclass(frozen=True)
