@@ -74,7 +74,7 @@ class Verifier:
         raw = np.full(len(x), self.init)
         for tree in self.trees:
             raw += self.learning_rate * tree.predict(x)
-        return 1.0 / (1.0 + np.exp(-raw))
+        return 1.0 / (1.0 + np.exp(-np.clip(raw, -500.0, 500.0)))  # no overflow: exp(500) is finite
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write the verifier (JSON, atomically)."""
