@@ -99,6 +99,9 @@ def test_spatial_folds_run_and_score_only_their_held_out_block(tmp_path: Path) -
         "tiling": TINY["tiling"],
         "model": TINY["model"],
         "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 2},
+        # the folds' mechanics, not the second stage (tested in the workflow by tests/test_maptiles.py
+        # and tests/test_workflow_errors.py, whose regions keep the default)
+        "vectorize": {"second_stage": "none"},
     }
     snakemake(tmp_path, "crossval", "--configfile", write_config(tmp_path, "cv.yaml", cfg))
     blocks = block_grid(320, 448, 1, 2)
