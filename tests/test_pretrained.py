@@ -110,7 +110,7 @@ def test_on_real_terrain_without_volcanoes_the_shipped_model_flags_far_fewer_hil
 ) -> None:
     """Ridges, knobs and valleys of real non-volcanic terrain, at the DEM's own resolution (83 m): the
     classical detector takes about 600 of its hills for cones, the shipped model and its second stage
-    about 100 (bench/README.md; issue 20's target of at most 1 is not reached yet)."""
+    87 (bench/README.md A4; issue 20's target of at most 1 is not reached yet)."""
     from cinderseg.cli import predict_dem
     from cinderseg.cones.baseline import BaselineSettings, run_baseline
     from cinderseg.terrain.dem import prepare_dem
