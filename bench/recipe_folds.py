@@ -30,6 +30,7 @@ import pyproj
 import rasterio
 import yaml
 from rasterio.features import rasterize
+from rasterio.transform import rowcol
 from rasterio.windows import Window
 
 from cinderseg.assess.evaluate import evaluate_objects, read_cones
@@ -214,8 +215,7 @@ def alarms_on(free: np.ndarray, transform: rasterio.Affine, cones: gpd.GeoDataFr
     if not len(cones):
         return 0
     centres = cones.geometry.centroid
-    cols, rows = ~transform @ (centres.x.to_numpy(), centres.y.to_numpy())
-    rows, cols = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    rows, cols = (np.asarray(a) for a in rowcol(transform, centres.x.to_numpy(), centres.y.to_numpy()))
     inside = (rows >= 0) & (rows < free.shape[0]) & (cols >= 0) & (cols < free.shape[1])
     return int(free[rows[inside], cols[inside]].sum())
 
