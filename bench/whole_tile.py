@@ -130,7 +130,7 @@ def write_srtm_tile(path: Path, *, degrees: float = 1.0, seed: int = 11) -> dict
 
 
 # Each step as the workflow's script runs it: Python source run in a fresh interpreter; {work} is the
-# scratch folder, {tile} the tile, {threads} the TensorFlow threads.
+# scratch folder, {tile} the tile, {threads} the TensorFlow threads and the vectorize step's processes.
 STEP_CODE: dict[str, str] = {
     "dem": (
         "from cinderseg.terrain.dem import prepare_dem\n"
@@ -154,7 +154,7 @@ STEP_CODE: dict[str, str] = {
         "run_step(None, write_cone_products, '{work}/probability.tif', '{work}/dem.tif',"
         " VectorizeSettings(), cones_path='{work}/cones.gpkg', summary_path='{work}/summary.csv',"
         " size_frequency_path='{work}/sf.png', height_vs_diameter_path='{work}/hd.png',"
-        " cone_map_path='{work}/map.png', region='tile')\n"
+        " cone_map_path='{work}/map.png', region='tile', workers={threads})\n"
     ),
     "baseline": (
         "from cinderseg.cones.baseline import BaselineSettings, run_baseline\n"
@@ -171,24 +171,55 @@ PEAK = (
 )
 
 
+def run_sampled(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``argv`` (the repository as working directory); the finished process, and the peak of the
+    memory of its process tree (MiB; sampled every 0.2 s, so forked workers count too): the sum of
+    each process's proportional set size (PSS: a page shared by n processes counts 1/n in each), or
+    of their RSS where PSS cannot be read (an upper bound: shared pages count in every process)."""
+    import psutil
+
+    peak = 0
+    with subprocess.Popen(
+        argv, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                total = 0
+                try:
+                    root = psutil.Process(proc.pid)
+                    for p in [root, *root.children(recursive=True)]:
+                        try:
+                            total += p.memory_full_info().pss
+                        except (psutil.AccessDenied, AttributeError):
+                            total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+                peak = max(peak, total)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), round(peak / 2**20, 1)
+
+
 def run_code(code: str, env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``code`` in a fresh interpreter (the repository as working directory); its wall and CPU
-    seconds and peak RSS (MiB). SystemExit with the error's tail if it fails."""
+    seconds, peak RSS (MiB) and peak RSS of its process tree (workers included).
+    SystemExit with the error's tail if it fails."""
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code + PEAK],
-        cwd=HERE.parent,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    proc, tree_mb = run_sampled(
+        [sys.executable, "-c", code + PEAK], {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"bench: failed ({proc.returncode}):\n{code}\n{proc.stderr[-3000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("PEAK_KB"))
     _, kb, _, cpu = line.split()
-    return {"seconds": round(wall, 1), "cpu_s": round(float(cpu), 1), "peak_rss_mb": round(int(kb) / 1024, 1)}
+    return {
+        "seconds": round(wall, 1),
+        "cpu_s": round(float(cpu), 1),
+        "peak_rss_mb": round(int(kb) / 1024, 1),
+        "peak_rss_tree_mb": tree_mb,
+    }
 
 
 def dem_area_km2(dem: Path) -> float:
@@ -267,19 +298,17 @@ def bench_cli(tile: Path, work: Path, threads: int) -> dict[str, Any]:
         f"from cinderseg.cli import main\nstatus = main({argv!r})\n_report()\nassert status == 0, status\n"
     )
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=HERE.parent,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    proc, tree_mb = run_sampled([sys.executable, "-c", code], {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"bench: cinderseg predict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
-    return {"seconds": round(wall, 1), **result, "said": proc.stdout.splitlines()[0]}
+    return {
+        "seconds": round(wall, 1),
+        **result,
+        "peak_rss_tree_mb": tree_mb,
+        "said": proc.stdout.splitlines()[0],
+    }
 
 
 def tile_config(tile: Path) -> dict[str, Any]:

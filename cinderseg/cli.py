@@ -106,7 +106,7 @@ def predict_dem(
             threads=threads,
             progress=progress,
         )
-        cones = vectorize_cones(probability, dem, scratch / "cones.gpkg", vectorize_settings)
+        cones = vectorize_cones(probability, dem, scratch / "cones.gpkg", vectorize_settings, workers=threads)
         if probability_path is not None:
             Path(probability_path).parent.mkdir(parents=True, exist_ok=True)
             os.replace(probability, probability_path)
@@ -187,7 +187,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=runtimes,
         help="what runs the network (default auto: ONNX Runtime when model.onnx lies beside the model)",
     )
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPU threads of the network, and processes of the second stage",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress")
     return parser
 

@@ -82,6 +82,9 @@ def cores_given():
 # TensorFlow threads of the train and predict steps: all cores given to Snakemake, at most 16;
 # 8 on a cluster without --cores (profiles/slurm sets them with set-threads).
 TRAIN_THREADS = max(1, min(cores_given() or 8, 16))
+# Processes of the vectorize step's second stage (the classical detector's outlines and the
+# candidates' measurements): the cores given, at most 4; 2 on a cluster without --cores.
+VECTORIZE_THREADS = max(1, min(cores_given() or 2, 4))
 # The model the predict step applies: predict.model if set ('pretrained': the shipped one), else the
 # one trained by this workflow.
 PREDICT_MODEL = (

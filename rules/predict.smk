@@ -62,7 +62,7 @@ rule vectorize:
         region=alternation(UNTILED),
     conda:
         "../envs/gis.yaml"
-    threads: 1
+    threads: VECTORIZE_THREADS
     resources:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(60),

@@ -4,7 +4,7 @@ from cinderseg.cones.vectorize import VectorizeSettings, write_cone_products
 from cinderseg.core.step import run_step
 
 
-def main(inp, out, settings: dict, region: str) -> None:
+def main(inp, out, settings: dict, region: str, workers: int) -> None:
     write_cone_products(
         inp.probability,
         inp.dem,
@@ -15,6 +15,7 @@ def main(inp, out, settings: dict, region: str) -> None:
         height_vs_diameter_path=out.height_vs_diameter,
         cone_map_path=out.cone_map,
         region=region,
+        workers=workers,
     )
 
 
@@ -25,4 +26,5 @@ run_step(
     snakemake.output,
     snakemake.params.vectorize,
     snakemake.params.get("region") or snakemake.wildcards.region,
+    snakemake.threads,
 )

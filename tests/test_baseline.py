@@ -20,6 +20,7 @@ from shapely.geometry import Point, box
 from cinderseg.cones.baseline import EXTRA_COLUMNS, run_baseline
 from cinderseg.cones.detector import DETECTION_COLUMNS, BaselineSettings, _Smoother, detect_cones, halo_px
 from cinderseg.cones.morphometry import CONE_COLUMNS
+from cinderseg.cones.outline import outline_at, outlines_at
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
 from cinderseg.terrain.synthetic import SyntheticParams, generate_synthetic_region
@@ -192,6 +193,55 @@ def test_two_separate_cones_give_two(tmp_path):
         i = int(np.argmin(d))
         assert d.iloc[i] < 0.15 * r
         assert _radius(found)[i] == pytest.approx(r, rel=0.15)
+
+
+def _cone_field() -> tuple[np.ndarray, np.ndarray]:
+    """Elevations (m) with three cones of 300-550 m basal radius on rough tilted ground and a void
+    (NaN), and validity."""
+    x, y = _xy()
+    centres = [(_at(80, 70), 300.0), (_at(170, 180), 550.0), (_at(60, 200), 400.0)]
+    z = _ground(seed=2) + sum(_cone(x, y, *c, r, crater=r > 350) for c, r in centres)
+    z[120:135, 40:60] = np.nan
+    return z, np.isfinite(z)
+
+
+def test_outlines_of_many_candidates_equal_each_outlined_alone():
+    """The batched outlines (one scale, many centres, windows in chunks) are those of each centre alone."""
+    z, valid = _cone_field()
+    rng = np.random.default_rng(3)
+    rows = np.concatenate([[80, 170, 60, 81, 169], rng.integers(40, 216, 60), [127]])
+    cols = np.concatenate([[70, 180, 200, 71, 181], rng.integers(40, 216, 60), [50]])
+    r0 = 12.0  # pixels: a 360 m cone at 30 m
+    batch = outlines_at(z, valid, rows, cols, r0)
+    assert batch.found[:5].all()
+    assert not batch.found[-1]  # a centre in the void has none
+    for i, (row, col) in enumerate(zip(rows, cols, strict=True)):
+        alone = outline_at(z, valid, int(row), int(col), r0)
+        assert (alone is None) == (not batch.found[i])
+        if alone is not None:
+            np.testing.assert_allclose(alone.radii, batch.radii[i], atol=1e-9)
+            assert alone.height == pytest.approx(batch.height[i], abs=1e-9)
+            assert alone.valid_fraction == batch.valid_fraction[i]
+    # a cone 420 m wide at r0 = 14 px: its outline's equivalent radius matches within a pixel
+    one = outlines_at(z, valid, np.array([170]), np.array([180]), 550.0 / RES / 1.3)[0]
+    assert one is not None
+    assert math.sqrt(np.mean(one.radii**2)) * RES == pytest.approx(550.0, abs=1.5 * RES)
+
+
+def test_outline_windows_beyond_the_array_are_nodata():
+    """A centre near the array's edge is outlined as if the array went on with nodata."""
+    z, valid = _cone_field()
+    pad = 40
+    zp = np.pad(z, pad, constant_values=np.nan)
+    vp = np.pad(valid, pad, constant_values=False)
+    rows, cols = np.array([60, 5, 250]), np.array([200, 128, 3])
+    edge = outlines_at(z, valid, rows, cols, 12.0)
+    padded = outlines_at(zp, vp, rows + pad, cols + pad, 12.0)
+    assert edge.found[0]
+    np.testing.assert_array_equal(edge.found, padded.found)
+    np.testing.assert_allclose(edge.radii, padded.radii, atol=1e-9)
+    np.testing.assert_array_equal(edge.valid_fraction, padded.valid_fraction)
+    assert edge.valid_fraction[0] == 1.0
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, width: float, height: float, flat: bool) -> np.ndarray:

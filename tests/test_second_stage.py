@@ -27,6 +27,7 @@ from cinderseg.cones.candidates import (
 from cinderseg.cones.detector import BaselineSettings, chosen, detect_cones
 from cinderseg.cones.verifier import MISSING, fit_verifier, load_verifier
 from cinderseg.core.errors import InputError
+from cinderseg.core.modelcard import verifier_path
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
 
 RES = 30.0
@@ -182,6 +183,28 @@ def test_a_verifier_trained_on_one_field_keeps_the_cones_of_another(tmp_path):
     assert len(match.pairs) == 4 and len(kept) <= 5
     assert kept["second_stage_score"].is_monotonic_decreasing
     assert set(rejected["reason"]) <= {"scored below threshold", "overlaps a higher-scoring cone"}
+
+
+def test_second_stage_in_worker_processes_equals_one_process(tmp_path, monkeypatch):
+    """The outlines and the measurements cut into pieces over 2 forked workers give the same cones,
+    scores and rejected candidates as one process."""
+    monkeypatch.setattr("cinderseg.cones.detector.PIECE_CANDIDATES", 40)
+    monkeypatch.setattr("cinderseg.cones.morphometry.MIN_PIECE", 5)
+    monkeypatch.setattr("cinderseg.cones.candidates.MIN_PIECE", 5)
+    dem, _ = _dem(tmp_path)
+    prob = tmp_path / "p.tif"
+    with rasterio.open(dem) as ds:
+        profile = ds.profile
+    with rasterio.open(prob, "w", **profile) as dst:
+        dst.write(np.full(SHAPE, 0.2, dtype="float32"), 1)
+    verifier = load_verifier(verifier_path("pretrained"))
+    one = verified_cones(dem, prob, gpd.GeoSeries([], crs=UTM), verifier)
+    two = verified_cones(dem, prob, gpd.GeoSeries([], crs=UTM), verifier, workers=2)
+    assert len(one[0]) >= 4
+    for a, b in zip(one, two, strict=True):
+        assert len(a) == len(b)
+        assert all(x.equals_exact(y, 0) for x, y in zip(a.geometry, b.geometry, strict=True))
+        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
 
 
 def test_every_missed_cone_gets_the_stage_that_lost_it(tmp_path):

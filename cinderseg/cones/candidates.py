@@ -15,6 +15,7 @@ degrees, on the DEM's metric grid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -28,9 +29,10 @@ from scipy import ndimage
 
 from cinderseg.cones.detector import BaselineSettings, chosen, detect_cones
 from cinderseg.cones.morphometry import cone_attributes
-from cinderseg.cones.outline import read_padded, suppress_overlaps
+from cinderseg.cones.outline import box_overlap, read_padded, suppress_overlaps
 from cinderseg.cones.verifier import Verifier
 from cinderseg.core.grid import what
+from cinderseg.core.parallel import chunks, fork_map
 from cinderseg.core.raster import open_raster
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ LOOSE_BASELINE = {
     "min_flank_slope_deg": 2.0,
     "max_flank_slope_deg": 60.0,
     "max_overlap": 1.0,
+    "block_px": 1024,  # a quarter of the detector's default block: the second stage's workers share it
 }
 #: Two outlines overlapping by more than this fraction of the smaller one are one candidate.
 SAME_CONE_OVERLAP = 0.5
@@ -92,6 +95,8 @@ N_RAYS = 32
 #: Context rings, in basal radii from the centre: the base ring (plane fit) and the surroundings.
 BASE_RING = (1.15, 1.6)
 SURROUND_RING = (1.6, 3.0)
+#: Candidates whose setting is read in one piece of work when several processes share them.
+MIN_PIECE = 200
 
 
 def drop_duplicates(geoms: list[shapely.Geometry], score: np.ndarray) -> np.ndarray:
@@ -101,10 +106,14 @@ def drop_duplicates(geoms: list[shapely.Geometry], score: np.ndarray) -> np.ndar
     if len(geoms) < 2:
         return keep
     arr = np.asarray(geoms, dtype=object)
+    area = shapely.area(arr)
     a, b = shapely.STRtree(arr).query(arr, predicate="intersects")
     a, b = a[a < b], b[a < b]
+    # an intersection over union is at most the ratio of the two areas: only close sizes can exceed it
+    close = np.minimum(area[a], area[b]) > (DUPLICATE_IOU - 1e-9) * np.maximum(area[a], area[b])
+    a, b = a[close], b[close]
     inter = shapely.area(shapely.intersection(arr[a], arr[b]))
-    iou = inter / (shapely.area(arr[a]) + shapely.area(arr[b]) - inter)
+    iou = inter / (area[a] + area[b] - inter)
     a, b = a[iou > DUPLICATE_IOU], b[iou > DUPLICATE_IOU]
     rank = np.empty(len(geoms), dtype=np.int64)
     rank[np.argsort(-score, kind="stable")] = np.arange(len(geoms))
@@ -154,12 +163,14 @@ def _pool(network: gpd.GeoSeries, detector: gpd.GeoDataFrame) -> gpd.GeoDataFram
 
 
 def propose(
-    dem_path: str | os.PathLike[str], network: gpd.GeoSeries, *, region: str = ""
+    dem_path: str | os.PathLike[str], network: gpd.GeoSeries, *, region: str = "", workers: int = 1
 ) -> gpd.GeoDataFrame:
     """The candidates of a DEM: the classical detector's loose outlines pooled with ``network``, the
     network's objects (:func:`cinderseg.cones.network.network_objects`, the DEM's CRS). Polygons in
     the DEM's CRS with ``from_network``, ``from_detector`` and the detector's ``log_score_m``."""
-    detector = detect_cones(dem_path, BaselineSettings.from_config(LOOSE_BASELINE), region=region)
+    detector = detect_cones(
+        dem_path, BaselineSettings.from_config(LOOSE_BASELINE), region=region, workers=workers
+    )
     detector["baseline_choice"] = chosen(detector, BaselineSettings()).astype(float)
     # the classical detector's own choice outranks any duplicate of it
     rank = detector["score"].to_numpy() + 1e6 * detector["baseline_choice"].to_numpy()
@@ -253,6 +264,9 @@ def overlap_features(geoms: list[shapely.Geometry], height: np.ndarray) -> dict[
     left, right = tree.query(geoms, predicate="intersects")
     other = left != right
     left, right = left[other], right[other]
+    box_inter = box_overlap(shapely.bounds(np.asarray(geoms, dtype=object)), left, right)
+    maybe = box_inter * (1.0 + 1e-9) > 0.3 * np.minimum(area[left], area[right])  # most pairs end here
+    left, right = left[maybe], right[maybe]
     inter = shapely.area(
         shapely.intersection(np.asarray(geoms, dtype=object)[left], np.asarray(geoms, dtype=object)[right])
     )
@@ -276,15 +290,62 @@ def overlap_features(geoms: list[shapely.Geometry], height: np.ndarray) -> dict[
     }
 
 
+def _setting_features(
+    geoms: list[shapely.Geometry],
+    height: np.ndarray,
+    indices: range,
+    dem_path: str | os.PathLike[str],
+    probability_path: str | os.PathLike[str] | None,
+    region: str,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
+    """:data:`CONTEXT_FEATURES`, radius (pixels) and the probability near the centre of the candidates
+    ``indices`` (arrays in their order), and the DEM's pixel size (m)."""
+    n = len(indices)
+    ctx = {name: np.full(n, np.nan) for name in CONTEXT_FEATURES}
+    radius_px = np.full(n, np.nan)
+    centre = np.full(n, np.nan)
+    with contextlib.ExitStack() as stack:
+        dem = stack.enter_context(open_raster(dem_path, what=what("DEM", region)))
+        prob_ds = (
+            stack.enter_context(open_raster(probability_path, what=what("probability raster", region)))
+            if probability_path
+            else None
+        )
+        res = abs(dem.transform.a)
+        inv = ~dem.transform
+        for k, i in enumerate(indices):
+            geom = geoms[i]
+            radius_px[k] = math.sqrt(geom.area / math.pi) / res
+            cx, cy = geom.centroid.x, geom.centroid.y
+            col_f, row_f = inv @ (cx, cy)
+            reach = math.ceil(SURROUND_RING[1] * radius_px[k]) + 2
+            win = Window(int(col_f), int(row_f), 1, 1)
+            z, valid, top, left = read_padded(dem, win, reach)
+            z = np.where(valid, z, np.nan)
+            got = context_features(z, row_f - top - 0.5, col_f - left - 0.5, radius_px[k], height[i], res)
+            for key, value in got.items():
+                ctx[key][k] = value
+            if prob_ds is not None:
+                half = max(1, round(radius_px[k] / 2))
+                p, pv, _, _ = read_padded(prob_ds, win, half)
+                p = np.where(pv & (p >= 0), p, np.nan)
+                centre[k] = float(np.nanmax(p)) if np.isfinite(p).any() else 0.0
+    return ctx, radius_px, centre, res
+
+
 def candidate_features(
     cands: gpd.GeoDataFrame,
     dem_path: str | os.PathLike[str],
     probability_path: str | os.PathLike[str] | None,
     *,
     region: str = "",
+    workers: int = 1,
 ) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
-    """The candidates' morphometry (the cone layer's columns) and their :data:`FEATURES`, row by row."""
-    cones = cone_attributes(cands.geometry, dem_path, probability_path=probability_path, region=region)
+    """The candidates' morphometry (the cone layer's columns) and their :data:`FEATURES`, row by row,
+    measured in up to ``workers`` processes."""
+    cones = cone_attributes(
+        cands.geometry, dem_path, probability_path=probability_path, region=region, workers=workers
+    )
     feats = pd.DataFrame(index=range(len(cones)), columns=list(FEATURES), dtype=float)
     if not len(cones):
         return cones, feats
@@ -302,41 +363,18 @@ def candidate_features(
     feats["from_detector"] = cands["from_detector"].to_numpy(dtype=float)
     for name in ("baseline_choice", "outline_roundness", "outline_relief_m", "outline_flank_deg"):
         feats[name] = cands[name].to_numpy(dtype=float)
-    ctx = {name: np.full(len(cones), np.nan) for name in CONTEXT_FEATURES}
-    radius_px = np.full(len(cones), np.nan)
-    centre = np.full(len(cones), np.nan)
-    prob_ds = (
-        open_raster(probability_path, what=what("probability raster", region)) if probability_path else None
+    geoms = list(cones.geometry)
+    parts = fork_map(
+        lambda indices: _setting_features(geoms, height, indices, dem_path, probability_path, region),
+        chunks(len(geoms), workers, min_size=MIN_PIECE),
+        workers,
     )
-    try:
-        with open_raster(dem_path, what=what("DEM", region)) as dem:
-            res = abs(dem.transform.a)
-            inv = ~dem.transform
-            for i, geom in enumerate(cones.geometry):
-                radius_px[i] = math.sqrt(geom.area / math.pi) / res
-                cx, cy = geom.centroid.x, geom.centroid.y
-                col_f, row_f = inv @ (cx, cy)
-                reach = math.ceil(SURROUND_RING[1] * radius_px[i]) + 2
-                win = Window(int(col_f), int(row_f), 1, 1)
-                z, valid, top, left = read_padded(dem, win, reach)
-                z = np.where(valid, z, np.nan)
-                got = context_features(z, row_f - top - 0.5, col_f - left - 0.5, radius_px[i], height[i], res)
-                for key, value in got.items():
-                    ctx[key][i] = value
-                if prob_ds is not None:
-                    half = max(1, round(radius_px[i] / 2))
-                    p, pv, _, _ = read_padded(prob_ds, win, half)
-                    p = np.where(pv & (p >= 0), p, np.nan)
-                    centre[i] = float(np.nanmax(p)) if np.isfinite(p).any() else 0.0
-    finally:
-        if prob_ds is not None:
-            prob_ds.close()
-    for key, values in ctx.items():
-        feats[key] = values
-    feats["radius_px"] = radius_px
-    feats["resolution_m"] = res
-    feats["probability_centre"] = centre
-    for key, value in overlap_features(list(cones.geometry), height).items():
+    for key in CONTEXT_FEATURES:
+        feats[key] = np.concatenate([part[0][key] for part in parts])
+    feats["radius_px"] = np.concatenate([part[1] for part in parts])
+    feats["resolution_m"] = parts[0][3]
+    feats["probability_centre"] = np.concatenate([part[2] for part in parts])
+    for key, value in overlap_features(geoms, height).items():
         feats[key] = value
     for name in ("probability_mean", "probability_max", "probability_centre"):
         feats[name] = feats[name].fillna(0.0)
@@ -358,14 +396,15 @@ def verified_cones(
     verifier: Verifier,
     *,
     region: str = "",
+    workers: int = 1,
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """The second stage: candidates (``network``'s objects and the detector's outlines) scored by
     ``verifier``; those at its threshold or above are cones unless a higher-scoring cone overlaps them
     by more than :data:`MAX_OVERLAP`. Returns the cone layer (the morphometry columns and
     ``second_stage_score``, highest first, ``cone_id`` 1..n) and the rejected candidates scoring at least
     :data:`REJECTED_MIN_SCORE` (``reason``: 'scored below threshold' or 'overlaps a higher-scoring cone')."""
-    cands = propose(dem_path, network, region=region)
-    cones, feats = candidate_features(cands, dem_path, probability_path, region=region)
+    cands = propose(dem_path, network, region=region, workers=workers)
+    cones, feats = candidate_features(cands, dem_path, probability_path, region=region, workers=workers)
     score = verifier.probability(feats) if len(cones) else np.zeros(0)
     order = np.argsort(-score, kind="stable")
     above = order[score[order] >= verifier.threshold]

@@ -50,9 +50,16 @@ import scipy.fft
 import shapely
 from scipy import ndimage
 
-from cinderseg.cones.outline import WINDOW_REACH, outline_at, outline_polygon, read_padded, suppress_overlaps
+from cinderseg.cones.outline import (
+    WINDOW_REACH,
+    outlines_at,
+    read_padded,
+    star_vertices,
+    suppress_overlaps,
+)
 from cinderseg.core.errors import ConfigError, InputError
 from cinderseg.core.grid import check_metric_grid, what
+from cinderseg.core.parallel import fork_map
 from cinderseg.core.raster import iter_windows, open_raster
 from cinderseg.core.schema import section_default, validate_section
 
@@ -254,21 +261,25 @@ def _candidates(
     return found
 
 
-def _roundness(xy: np.ndarray) -> float:
-    """Minor / major axis ratio of the inertia ellipse of a simple polygon (vertices, any units)."""
-    x, y = xy[:, 0] - xy[:, 0].mean(), xy[:, 1] - xy[:, 1].mean()
-    xn, yn = np.roll(x, -1), np.roll(y, -1)
+def _roundness(xy: np.ndarray) -> np.ndarray:
+    """Minor / major axis ratio of the inertia ellipse of simple polygons (vertices (polygon, vertex,
+    x / y), any units); 0 for a degenerate one."""
+    x = xy[:, :, 0] - xy[:, :, 0].mean(axis=1, keepdims=True)
+    y = xy[:, :, 1] - xy[:, :, 1].mean(axis=1, keepdims=True)
+    xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
     cross = x * yn - xn * y
-    area = cross.sum() / 2.0
-    if area == 0:
-        return 0.0
-    cx = ((x + xn) * cross).sum() / (6.0 * area)
-    cy = ((y + yn) * cross).sum() / (6.0 * area)
-    ixx = ((x * x + x * xn + xn * xn) * cross).sum() / 12.0 / area - cx * cx
-    iyy = ((y * y + y * yn + yn * yn) * cross).sum() / 12.0 / area - cy * cy
-    ixy = ((x * yn + 2 * x * y + 2 * xn * yn + xn * y) * cross).sum() / 24.0 / area - cx * cy
-    ev = np.linalg.eigvalsh(np.array([[ixx, ixy], [ixy, iyy]]))
-    return float(math.sqrt(max(ev[0], 0.0) / ev[1])) if ev[1] > 0 else 0.0
+    area = cross.sum(axis=1) / 2.0
+    flat = area == 0
+    area = np.where(flat, 1.0, area)
+    cx = ((x + xn) * cross).sum(axis=1) / (6.0 * area)
+    cy = ((y + yn) * cross).sum(axis=1) / (6.0 * area)
+    ixx = ((x * x + x * xn + xn * xn) * cross).sum(axis=1) / 12.0 / area - cx * cx
+    iyy = ((y * y + y * yn + yn * yn) * cross).sum(axis=1) / 12.0 / area - cy * cy
+    ixy = ((x * yn + 2 * x * y + 2 * xn * yn + xn * y) * cross).sum(axis=1) / 24.0 / area - cx * cy
+    ev = np.linalg.eigvalsh(np.stack([np.stack([ixx, ixy], -1), np.stack([ixy, iyy], -1)], -2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.sqrt(np.maximum(ev[:, 0], 0.0) / ev[:, 1])
+    return np.where(flat | ~(ev[:, 1] > 0), 0.0, ratio)
 
 
 # --------------------------------------------------------------------------- detection
@@ -333,6 +344,49 @@ class _Detection:
     values: tuple[float, ...]  # DETECTION_COLUMNS
 
 
+#: Candidates of one scale outlined as one piece of work (a worker's share is a few of them).
+PIECE_CANDIDATES = 2000
+
+
+def _outline_piece(
+    z: np.ndarray,
+    valid: np.ndarray,
+    members: list[_Candidate],
+    r0: float,
+    origin: tuple[int, int],
+    transform: rasterio.Affine,
+    settings: BaselineSettings,
+) -> tuple[list[_Detection], list[tuple[shapely.Polygon, str, float]]]:
+    """Outlines of candidates of one scale (radius ``r0``, pixels) filtered: the detections, and the
+    outlines the filters reject (polygon, reason, response), both in the candidates' order."""
+    res = abs(transform.a)
+    rows = np.array([c.row for c in members])
+    cols = np.array([c.col for c in members])
+    got = outlines_at(z, valid, rows, cols, r0)
+    idx = np.flatnonzero(got.found & (got.valid_fraction >= 0.5))
+    xy = star_vertices(got.radii[idx], origin[0] + rows[idx], origin[1] + cols[idx], transform)
+    polys = shapely.polygons(xy)
+    area = shapely.area(polys)
+    good = shapely.is_valid(polys) & (area > 0)
+    idx, xy, polys, area = idx[good], xy[good], polys[good], area[good]
+    diameter = 2.0 * np.sqrt(area / math.pi)
+    roundness = _roundness(xy)
+    height = got.height[idx]
+    flank = np.degrees(np.arctan(2.0 * height / diameter))
+    found: list[_Detection] = []
+    rejected: list[tuple[shapely.Polygon, str, float]] = []
+    for j, i in enumerate(idx):
+        cand = members[i]
+        reason = _rejection(settings, height[j], diameter[j], roundness[j], flank[j])
+        if reason:
+            rejected.append((polys[j], reason, cand.score))
+            continue
+        row, col = origin[0] + cand.row, origin[1] + cand.col
+        values = (cand.score, r0 * res, float(height[j]), float(roundness[j]), float(flank[j]))
+        found.append(_Detection(polys[j], (-cand.score, row, col), values))
+    return found, rejected
+
+
 def _block_detections(
     z: np.ndarray,
     valid: np.ndarray,
@@ -340,33 +394,32 @@ def _block_detections(
     halo: int,
     scales: _Scales,
     settings: BaselineSettings,
-    ds: rasterio.DatasetReader,
+    transform: rasterio.Affine,
     rejected: list[tuple[shapely.Polygon, str, float]] | None = None,
+    workers: int = 1,
 ) -> tuple[list[_Detection], int]:
     """Filtered detections whose centre lies in the block's core, and the number of candidates;
-    outlines the filters reject go to ``rejected`` (polygon, reason, response) when it is a list."""
-    res = abs(ds.transform.a)
-    found: list[_Detection] = []
+    outlines the filters reject go to ``rejected`` (polygon, reason, response) when it is a list.
+    The candidates are outlined in pieces of one scale, in up to ``workers`` processes."""
     cands = _candidates(z, valid, halo, scales, settings.min_response_m)
-    for cand in cands:
-        r0 = float(scales.sigma[cand.scale]) / SIGMA_PER_RADIUS
-        out = outline_at(z, valid, cand.row, cand.col, r0)
-        if out is None or out.valid_fraction < 0.5:
-            continue
-        row, col = origin[0] + cand.row, origin[1] + cand.col
-        poly = outline_polygon(out, row, col, ds.transform)
-        if not poly.is_valid or poly.area <= 0:
-            continue
-        diameter = 2.0 * math.sqrt(poly.area / math.pi)
-        roundness = _roundness(np.asarray(poly.exterior.coords)[:-1])
-        flank = math.degrees(math.atan(2.0 * out.height / diameter))
-        reason = _rejection(settings, out.height, diameter, roundness, flank)
-        if reason:
-            if rejected is not None:
-                rejected.append((poly, reason, cand.score))
-            continue
-        values = (cand.score, r0 * res, out.height, roundness, flank)
-        found.append(_Detection(poly, (-cand.score, row, col), values))
+    by_scale: dict[int, list[_Candidate]] = {}
+    for cand in cands:  # in scale order
+        by_scale.setdefault(cand.scale, []).append(cand)
+    pieces = [
+        (float(scales.sigma[scale]) / SIGMA_PER_RADIUS, members[start : start + PIECE_CANDIDATES])
+        for scale, members in by_scale.items()
+        for start in range(0, len(members), PIECE_CANDIDATES)
+    ]
+    done = fork_map(
+        lambda piece: _outline_piece(z, valid, piece[1], piece[0], origin, transform, settings),
+        pieces,
+        workers,
+    )
+    found: list[_Detection] = []
+    for piece_found, piece_rejected in done:
+        found.extend(piece_found)
+        if rejected is not None:
+            rejected.extend(piece_rejected)
     return found, len(cands)
 
 
@@ -376,11 +429,13 @@ def detect_cones(
     *,
     region: str = "",
     rejected: list[tuple[shapely.Polygon, str, float]] | None = None,
+    workers: int = 1,
 ) -> gpd.GeoDataFrame:
     """Cone outlines found by the classical detector in a DEM (projected CRS in metres).
 
     ``rejected``, when a list, receives (polygon, reason, response) of every outline the filters or
-    the overlap suppression rejected.
+    the overlap suppression rejected. ``workers``: threads of the smoothing's transforms and
+    processes of the outlining (the result does not depend on it).
 
     Returns polygons in the DEM's CRS, strongest first, with :data:`DETECTION_COLUMNS`: ``score``
     (LoG response, m), ``scale_radius_m`` (basal radius matched by the responding scale),
@@ -391,7 +446,11 @@ def detect_cones(
     what_dem = what("DEM", region)
     found: list[_Detection] = []
     n_cand = n_valid = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), open_raster(dem_path, what=what_dem) as ds:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        scipy.fft.set_workers(max(1, workers)),
+        open_raster(dem_path, what=what_dem) as ds,
+    ):
         check_metric_grid(ds, what_dem, dem_path)
         res_x, res_y = abs(ds.transform.a), abs(ds.transform.e)
         if not math.isclose(res_x, res_y, rel_tol=1e-3):
@@ -404,7 +463,9 @@ def detect_cones(
             n_valid += n_core
             if n_core == 0:
                 continue
-            block, n = _block_detections(z, valid, (top, left), halo, scales, settings, ds, rejected)
+            block, n = _block_detections(
+                z, valid, (top, left), halo, scales, settings, ds.transform, rejected, workers
+            )
             found.extend(block)
             n_cand += n
         if n_valid == 0:

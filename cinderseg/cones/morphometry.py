@@ -6,6 +6,7 @@ Shared by the vectorize step (the network's cones) and the classical baseline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any
@@ -19,10 +20,11 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.windows import Window
 from scipy import ndimage
-from shapely.geometry import Polygon
+from shapely.geometry import Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
 from cinderseg.core.grid import check_metric_grid, check_same_grid, what
+from cinderseg.core.parallel import chunks, fork_map
 from cinderseg.core.raster import atomic_write, open_raster, valid_pixels
 
 #: Attribute columns of a cone layer, in order (the geometry column comes last); the shared data contract.
@@ -89,6 +91,8 @@ CRATER_MIN_DEPTH_M = 1.0  # a summit depression must be deeper than max(this, fr
 CRATER_MIN_DEPTH_FRACTION = 0.1
 CRATER_ENCLOSURE = 0.6  # fraction of rays from the floor that must climb the rim (breached craters pass)
 CRATER_RAYS = 32
+#: Polygons measured in one piece of work when several processes share the list.
+MIN_PIECE = 200
 _F64 = np.float64
 _SQUARE = np.ones((3, 3), dtype=bool)
 
@@ -247,10 +251,15 @@ def _pixel_window(geom: BaseGeometry, dem: rasterio.DatasetReader, margin: int) 
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def _polygon_pixels(geom: BaseGeometry, shape: tuple[int, int], wt: rasterio.Affine) -> np.ndarray | None:
-    """The polygon's pixels (centre inside) in a window of ``shape`` with transform ``wt``; for a
-    polygon smaller than a pixel, the pixel holding a point on its surface; None if outside."""
-    inside = rasterize([geom], out_shape=shape, transform=wt, dtype="uint8").astype(bool)
+def _polygon_pixels(
+    geom: BaseGeometry, others: list[Any], shape: tuple[int, int], wt: rasterio.Affine
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The polygon's pixels (centre inside) in a window of ``shape`` with transform ``wt`` (for a
+    polygon smaller than a pixel, the pixel holding a point on its surface), and the pixels outside it
+    covered by ``others`` (GeoJSON-like polygons); None if the polygon is outside the window. One
+    rasterization: ``others`` burn 2, then the polygon burns 1 over them."""
+    burnt = rasterize([(o, 2) for o in others] + [(geom, 1)], out_shape=shape, transform=wt, dtype="uint8")
+    inside = burnt == 1
     if not inside.any():
         pt = geom.representative_point()
         pc, pr = (~wt) @ (pt.x, pt.y)
@@ -258,7 +267,7 @@ def _polygon_pixels(geom: BaseGeometry, shape: tuple[int, int], wt: rasterio.Aff
         if not (0 <= pr < shape[0] and 0 <= pc < shape[1]):
             return None
         inside[pr, pc] = True
-    return inside
+    return inside, burnt == 2
 
 
 def _touches_edge(inside: np.ndarray, valid: np.ndarray, window: Window, dem: rasterio.DatasetReader) -> bool:
@@ -307,13 +316,13 @@ def _relief(
 
 def _measure(
     geom: BaseGeometry,
-    others: list[BaseGeometry],
+    others: list[Any],
     dem: rasterio.DatasetReader,
     prob: rasterio.DatasetReader | None,
     ring_width_px: int,
 ) -> dict[str, Any]:
     """Attributes of one polygon (DEM CRS) from windows of the DEM and probability rasters;
-    ``others``: the other cone polygons near it (kept out of its base ring)."""
+    ``others``: the other cone polygons near it, GeoJSON-like (kept out of its base ring)."""
     row = _nan_row()
     res_x, res_y = abs(dem.transform.a), abs(dem.transform.e)
     row.update(_plan_attributes(geom, 0.5 * min(res_x, res_y)))
@@ -323,9 +332,10 @@ def _measure(
         return row
     wt = dem.window_transform(window)
     shape_ = (int(window.height), int(window.width))
-    inside = _polygon_pixels(geom, shape_, wt)
-    if inside is None:
+    pixels = _polygon_pixels(geom, others, shape_, wt)
+    if pixels is None:
         return row
+    inside, covered = pixels
     z = dem.read(1, window=window).astype(_F64)
     valid = valid_pixels(z, dem.nodata)
     z[~valid] = np.nan
@@ -345,7 +355,7 @@ def _measure(
     dist_out = ndimage.distance_transform_edt(~inside)
     ring = (dist_out > 0) & (dist_out <= ring_width_px) & valid
     if others:
-        free = ring & ~rasterize(others, out_shape=shape_, transform=wt, dtype="uint8").astype(bool)
+        free = ring & ~covered
         if free.sum() >= 3:
             ring = free
     interior = _relief(row, z, valid, inside, ring, (res_x, res_y)) if ring.any() else np.zeros(shape_, bool)
@@ -361,21 +371,43 @@ def _measure_all(
     dem: rasterio.DatasetReader,
     prob: rasterio.DatasetReader | None,
     ring_width_px: int,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """The attributes of every polygon (DEM CRS; invalid ones repaired with buffer(0)), in order; each
-    base ring leaves out the pixels of the other polygons within reach of it."""
+    base ring leaves out the pixels of the other polygons within reach of it. With ``workers`` > 1,
+    pieces of the list are measured in forked processes, each reading the rasters anew."""
     shapes_ = [None if g is None or g.is_empty else (g if g.is_valid else g.buffer(0)) for g in geoms]
     tree = shapely.STRtree([g if g is not None else Polygon() for g in shapes_])
     reach = (ring_width_px + 2) * max(abs(dem.transform.a), abs(dem.transform.e))
-    rows = []
-    for i, geom in enumerate(shapes_):
-        if geom is None or geom.is_empty:
-            rows.append(_nan_row())
-            continue
-        near = tree.query(shapely.box(*geom.bounds).buffer(reach, join_style="mitre"))
-        others = [shapes_[j] for j in sorted(int(k) for k in near) if j != i and shapes_[j] is not None]
-        rows.append(_measure(geom, others, dem, prob, ring_width_px))
-    return rows
+    mapped = [None if g is None else mapping(g) for g in shapes_]  # converted once
+
+    def measure(
+        indices: range, dem_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader | None
+    ) -> list:
+        rows = []
+        for i in indices:
+            geom = shapes_[i]
+            if geom is None or geom.is_empty:
+                rows.append(_nan_row())
+                continue
+            near = tree.query(shapely.box(*geom.bounds).buffer(reach, join_style="mitre"))
+            others = [mapped[j] for j in sorted(int(k) for k in near) if j != i and mapped[j] is not None]
+            rows.append(_measure(geom, others, dem_ds, prob_ds, ring_width_px))
+        return rows
+
+    if workers <= 1:
+        return measure(range(len(shapes_)), dem, prob)
+
+    def piece(indices: range) -> list:
+        with (
+            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+            rasterio.open(dem.name) as dem_ds,
+            rasterio.open(prob.name) if prob is not None else contextlib.nullcontext() as prob_ds,
+        ):
+            return measure(indices, dem_ds, prob_ds)
+
+    parts = fork_map(piece, chunks(len(shapes_), workers, min_size=MIN_PIECE), workers)
+    return [row for part in parts for row in part]
 
 
 def empty_cone_layer(crs: Any) -> gpd.GeoDataFrame:
@@ -391,8 +423,10 @@ def cone_attributes(
     probability_path: str | os.PathLike[str] | None = None,
     region: str = "",
     ring_width_px: int = 2,
+    workers: int = 1,
 ) -> gpd.GeoDataFrame:
-    """Morphometry of cone polygons from the DEM (and the probability raster, if given).
+    """Morphometry of cone polygons from the DEM (and the probability raster, if given), measured in
+    up to ``workers`` processes.
 
     ``polygons`` are reprojected to the DEM's CRS (assumed in it when they have none); the DEM must
     have a projected CRS in metres; ``probability_path``, if given, must be on the DEM's grid. Only a
@@ -445,7 +479,7 @@ def cone_attributes(
         try:
             if prob_ctx is not None:
                 check_same_grid(prob_ctx, dem, what_p, probability_path, dem_path)
-            rows = _measure_all(geoms, dem, prob_ctx, int(ring_width_px))
+            rows = _measure_all(geoms, dem, prob_ctx, int(ring_width_px), workers)
         finally:
             if prob_ctx is not None:
                 prob_ctx.close()

@@ -133,6 +133,7 @@ def vectorize_cones(
     *,
     region: str = "",
     summary_path: str | os.PathLike[str] | None = None,
+    workers: int = 1,
 ) -> gpd.GeoDataFrame:
     """Cone polygons with morphometry from a probability raster; written to ``out_path``.
 
@@ -140,14 +141,17 @@ def vectorize_cones(
     CRS, metres). Writes a GeoPackage (layer "cones", DEM CRS, columns :data:`CONE_COLUMNS`, an empty
     layer when nothing is found) and, if ``summary_path`` is given, a one-row CSV
     (:func:`summarize_cones`), both atomically. Returns the cone layer. See the module docstring for
-    the steps; raises InputError (one line naming the file) for unusable rasters.
+    the steps; raises InputError (one line naming the file) for unusable rasters. ``workers``: processes
+    of the second stage (the result does not depend on it).
     """
     verifier_file = verifier_path(settings.second_stage)
     if verifier_file is not None:
         verifier = load_verifier(verifier_file)
         candidate_settings = replace(settings, threshold=CANDIDATE_THRESHOLD)
         network, _ = network_objects(probability_path, dem_path, candidate_settings, region=region)
-        cones, rejected = verified_cones(dem_path, probability_path, network, verifier, region=region)
+        cones, rejected = verified_cones(
+            dem_path, probability_path, network, verifier, region=region, workers=workers
+        )
     else:
         cones, rejected = _network_cones(probability_path, dem_path, settings, region)
     write_cone_layer(cones, out_path, rejected)
@@ -168,10 +172,17 @@ def write_cone_products(
     height_vs_diameter_path: str | os.PathLike[str],
     cone_map_path: str | os.PathLike[str],
     region: str = "",
+    workers: int = 1,
 ) -> gpd.GeoDataFrame:
     """The vectorize step's products: cone layer, summary CSV and the three cone figures."""
     cones = vectorize_cones(
-        probability_path, dem_path, cones_path, settings, region=region, summary_path=summary_path
+        probability_path,
+        dem_path,
+        cones_path,
+        settings,
+        region=region,
+        summary_path=summary_path,
+        workers=workers,
     )
     name = region or Path(cones_path).stem
     figures.plot_size_frequency(cones, Path(size_frequency_path), title=f"{name}: cone size-frequency")
