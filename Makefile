@@ -89,7 +89,8 @@ pretrained: $(STAMP)
 VERIFIER_WORK := bench/work/recipe_folds
 pretrained-verifier: $(STAMP)
 	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42
-	$(BIN)/python -m bench.second_stage --workdir $(VERIFIER_WORK) --seed 42 --ship cinderseg/pretrained/.verifier.json.tmp
+	$(BIN)/python -m bench.negative_dems --out resources/negative_dems
+	$(BIN)/python -m bench.second_stage --workdir $(VERIFIER_WORK) --seed 42 --negatives resources/negative_dems --ship cinderseg/pretrained/.verifier.json.tmp
 	mv cinderseg/pretrained/.verifier.json.tmp cinderseg/pretrained/verifier.json
 	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42 --score-only --card cinderseg/pretrained/model_card.json
 

@@ -7,7 +7,9 @@ the matching's criterion. For fold k the verifier is fitted on
 
 - the Mauna Kea candidates of every other fold j inside its own held-out block j (out-of-fold: the
   network that scored them never saw block j), and
-- fold k's held-out scenes (built from Mauna Kea without block k),
+- fold k's held-out scenes (built from Mauna Kea without block k), and
+- with ``--negatives DIR`` (``python -m bench.negative_dems``), a :data:`NEGATIVE_FRACTION` sample of
+  the candidates fold k's model proposes on real DEMs of hill country without volcanoes, as non-cones,
 
 and scores fold k's candidates of the whole volcano; the cones it keeps are written to
 ``<fold>/second_stage/<region>.gpkg``, which ``recipe_folds --score-only`` then scores on block k beside
@@ -15,7 +17,7 @@ the network and the baseline. ``--ship PATH`` also fits one verifier on all fold
 candidates and all held-out scenes and writes it to PATH (the shipped ``verifier.json``).
 
     python -m bench.second_stage --workdir bench/work/recipe_folds --seed 42 \
-        [--ship cinderseg/pretrained/verifier.json]
+        [--negatives resources/negative_dems] [--ship cinderseg/pretrained/verifier.json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 
+from bench.negative_dems import SOURCES as NEGATIVE_SOURCES
 from bench.recipe_folds import HELD_OUT_SCENES, LABELS, REPO, TEST
 from cinderseg.assess.matching import cone_circles
 from cinderseg.cones.candidates import CANDIDATE_THRESHOLD, FEATURES, candidate_features, propose
@@ -46,6 +49,12 @@ from cinderseg.data.mask import load_labels
 #: terrain without volcanoes (bench/README.md A4, A5). At 30 m only: at 90 m the same change cost a
 #: tenth of the recall on Mauna Kea's cones under 50 m high.
 NEGATIVE_ONLY_SCENES = (("hills", 30),)
+#: Fraction of the candidates on each real DEM without volcanoes (bench/negative_dems.py) that join a
+#: fit as non-cones, a random sample: all of them (64 000 a fold, 85 times the cones) drown the cones
+#: (held-out F1 0.64 / 0.58); 10 % cut Jacksboro's false cones by three quarters but F1 to 0.73 / 0.69;
+#: 1 % nearly halves the false cones on Jacksboro and Los Angeles's hills for 0.02 of F1 at 30 m and
+#: none at 90 m (bench/README.md A5).
+NEGATIVE_FRACTION = 0.01
 
 
 def candidates(fold_dir: Path, name: str) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
@@ -104,6 +113,36 @@ def scene_rows(fold_dir: Path, name: str, grid: tuple[int, int]) -> pd.DataFrame
     return rows[~rows["_y"]] if HELD_OUT_SCENES[name] in NEGATIVE_ONLY_SCENES else rows
 
 
+def negative_rows(fold_dir: Path, name: str, source: Path, resolution_m: float) -> pd.DataFrame:
+    """The candidates the fold's model proposes on a real DEM without volcanoes (``_y`` False), cached:
+    the DEM gridded at ``resolution_m``, its features, the fold model's probability, the candidates."""
+    cache = fold_dir / "second_stage" / f"negative_{name}_candidates.gpkg"
+    if not cache.exists():
+        from cinderseg.core.modelcard import read_model_card
+        from cinderseg.nn.predict import predict_probability
+        from cinderseg.nn.settings import PredictSettings
+        from cinderseg.terrain.dem import prepare_dem
+        from cinderseg.terrain.features import FeatureSettings, compute_features
+
+        model = fold_dir / "results/models/pretrained/model.keras"
+        card = read_model_card(model)
+        work = fold_dir / "second_stage" / "negatives"
+        work.mkdir(parents=True, exist_ok=True)
+        dem, feats_tif, prob = work / f"{name}_dem.tif", work / f"{name}_features.tif", work / f"{name}_p.tif"
+        if not dem.exists():
+            prepare_dem([source], dem, resolution_m=resolution_m)
+        compute_features(dem, feats_tif, FeatureSettings.from_config(card.get("features") or {}))
+        predict_probability(
+            feats_tif, model, prob, PredictSettings(), expected_channels=card["channels"], progress=False
+        )
+        net, _ = network_objects(prob, dem, VectorizeSettings.from_config({"threshold": CANDIDATE_THRESHOLD}))
+        cones, feats = candidate_features(propose(dem, net, workers=2), dem, prob, workers=2)
+        table = gpd.GeoDataFrame(feats.reset_index(drop=True), geometry=cones.geometry.values, crs=cones.crs)
+        table.to_file(cache, driver="GPKG", engine="pyogrio")
+    rows = pd.DataFrame(gpd.read_file(cache).drop(columns="geometry"))  # features only
+    return rows.sample(frac=NEGATIVE_FRACTION, random_state=0).assign(_y=False)
+
+
 def keep(cands: gpd.GeoDataFrame, verifier: Verifier) -> gpd.GeoDataFrame:
     """The candidates the verifier keeps, highest score first, no two overlapping by more than 30 %."""
     score = verifier.probability(cands)
@@ -121,6 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--grid", type=int, nargs=2, default=(2, 2))
     parser.add_argument("--ship", type=Path, help="also fit the verifier on every fold and write it here")
+    parser.add_argument(
+        "--negatives",
+        type=Path,
+        help="folder of the real DEMs without volcanoes (python -m bench.negative_dems): their candidates "
+        "join every fit as non-cones",
+    )
+    parser.add_argument("--fold-verifiers", type=Path, help="also write each fold's verifier here")
     args = parser.parse_args(argv)
     root = args.workdir.resolve() / f"seed{args.seed}"
     folds = sorted(int(p.name[4:]) for p in root.glob("fold*") if (p / "results" / "models").exists())
@@ -133,9 +179,18 @@ def main(argv: list[str] | None = None) -> None:
             cands, y, inside = labelled(fold_dir, name, k, tuple(args.grid))
             oof[k].append(cands[inside].assign(_y=y[inside]))
         scenes[k] = [scene_rows(fold_dir, n, tuple(args.grid)) for n in HELD_OUT_SCENES]
+        if args.negatives:
+            scenes[k] += [
+                negative_rows(fold_dir, name, args.negatives / f"{name}.tif", source.resolution_m)
+                for name, source in NEGATIVE_SOURCES.items()
+            ]
+        print(f"fold {k}: {sum(len(t) for t in scenes[k])} scene and negative candidates", flush=True)
     for k in folds:
         train = pd.concat([t for j in folds if j != k for t in oof[j]] + scenes[k], ignore_index=True)
         verifier = fit_verifier(train, train["_y"].to_numpy(), FEATURES, seed=args.seed)
+        if args.fold_verifiers:
+            args.fold_verifiers.mkdir(parents=True, exist_ok=True)
+            verifier.to_json(args.fold_verifiers / f"fold{k}.json")
         fold_dir = root / f"fold{k}"
         for name in TEST:
             cands, _ = candidates(fold_dir, name)
@@ -153,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             meta={
                 "trained_on": f"out-of-fold candidates of {len(folds)} Mauna Kea folds and held-out scenes"
+                + (f", non-cones of {', '.join(NEGATIVE_SOURCES)}" if args.negatives else "")
             },
         )
         verifier.to_json(args.ship)

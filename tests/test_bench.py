@@ -102,3 +102,37 @@ def test_cone_free_ground_leaves_out_the_sea_and_a_margin_around_every_labelled_
     )  # on the labelled cone, on cone-free land, at sea, in the void
     assert alarms_on(free, block_transform, cones) == 1
     assert alarms_on(free, block_transform, cones.iloc[:0]) == 0
+
+
+def test_negative_dems_are_gridded_in_utm_and_cut_to_their_window(tmp_path: Path) -> None:
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from bench.negative_dems import Source, to_utm
+
+    z = np.full((360, 360), 300.0, dtype=np.float32)
+    z[:, :40] = -32768.0  # nodata
+    z[100:110, 100:110] = -5000.0  # a spike below any real ground
+    src = tmp_path / "tile.tif"
+    profile = {"driver": "GTiff", "width": 360, "height": 360, "count": 1, "dtype": "float32"}
+    with rasterio.open(
+        src,
+        "w",
+        **profile,
+        crs="EPSG:4326",
+        transform=from_origin(-122.0, 38.0, 1 / 360, 1 / 360),
+        nodata=-32768.0,
+    ) as ds:
+        ds.write(z, 1)
+    whole, cut = tmp_path / "whole.tif", tmp_path / "cut.tif"
+    to_utm(src, whole, Source("x", False, "x", 32610, 90.0, None))
+    to_utm(src, cut, Source("x", False, "x", 32610, 90.0, (5, 6, 20, 15)))
+    with rasterio.open(whole) as a, rasterio.open(cut) as b:
+        assert a.crs.to_epsg() == 32610 and a.res == (90.0, 90.0) and b.shape == (15, 20)
+        za, zb = a.read(1), b.read(1)
+        assert np.array_equal(zb, za[6:21, 5:25], equal_nan=True)
+        assert b.transform == a.window_transform(rasterio.windows.Window(5, 6, 20, 15))
+        land = za[np.isfinite(za)]
+        assert land.min() == land.max() == 300.0  # voids and the spike became NaN, not ground
+        assert np.isnan(za).any()
