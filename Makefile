@@ -84,8 +84,9 @@ pretrained: $(STAMP)
 	done
 
 # The learned second stage shipped beside it (cinderseg/pretrained/verifier.json): the recipe trained
-# leaving out each Mauna Kea block in turn (bench/recipe_folds.py, about 1 hour on 2 cores), a
-# verifier fitted on their out-of-fold candidates (bench/second_stage.py); also prints their scores.
+# leaving out each Mauna Kea block in turn (bench/recipe_folds.py, about 1 hour on 2 cores), then three
+# verifier fits on their out-of-fold candidates and samples of the candidates on two real DEMs without
+# volcanoes, averaged (bench/second_stage.py, about 25 minutes); also prints their scores.
 VERIFIER_WORK := bench/work/recipe_folds
 pretrained-verifier: $(STAMP)
 	$(BIN)/python -m bench.recipe_folds --workdir $(VERIFIER_WORK) --seed 42

@@ -9,7 +9,9 @@ the matching's criterion. For fold k the verifier is fitted on
   network that scored them never saw block j), and
 - fold k's held-out scenes (built from Mauna Kea without block k), and
 - with ``--negatives DIR`` (``python -m bench.negative_dems``), a :data:`NEGATIVE_FRACTION` sample of
-  the candidates fold k's model proposes on real DEMs of hill country without volcanoes, as non-cones,
+  the candidates fold k's model proposes on real DEMs of hill country without volcanoes, as non-cones;
+  then the verifier is a bag of :data:`BAG_MEMBERS` fits, each with its own sample and seed, their
+  log-odds averaged (:func:`cinderseg.cones.verifier.average_verifiers`),
 
 and scores fold k's candidates of the whole volcano; the cones it keeps are written to
 ``<fold>/second_stage/<region>.gpkg``, which ``recipe_folds --score-only`` then scores on block k beside
@@ -38,7 +40,7 @@ from cinderseg.cones.morphometry import write_cone_layer
 from cinderseg.cones.network import network_objects
 from cinderseg.cones.outline import suppress_overlaps
 from cinderseg.cones.settings import VectorizeSettings
-from cinderseg.cones.verifier import Verifier, fit_verifier
+from cinderseg.cones.verifier import Verifier, average_verifiers, fit_verifier
 from cinderseg.core.grid import points_in_block
 from cinderseg.data.folds import block_grid
 from cinderseg.data.mask import load_labels
@@ -55,6 +57,11 @@ NEGATIVE_ONLY_SCENES = (("hills", 30),)
 #: 1 % nearly halves the false cones on Jacksboro and Los Angeles's hills for 0.02 of F1 at 30 m and
 #: none at 90 m (bench/README.md A5).
 NEGATIVE_FRACTION = 0.01
+#: Fits averaged when real non-cones join them, each with its own sample of them and its own seed: one
+#: fit alone swings with its sample (the default demo's synthetic test region 0.88 with one and 0.95
+#: with another), three together keep it at 0.97 and cut the false cones on real hills the most
+#: (bench/README.md A5).
+BAG_MEMBERS = 3
 
 
 def candidates(fold_dir: Path, name: str) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
@@ -113,9 +120,12 @@ def scene_rows(fold_dir: Path, name: str, grid: tuple[int, int]) -> pd.DataFrame
     return rows[~rows["_y"]] if HELD_OUT_SCENES[name] in NEGATIVE_ONLY_SCENES else rows
 
 
-def negative_rows(fold_dir: Path, name: str, source: Path, resolution_m: float) -> pd.DataFrame:
-    """The candidates the fold's model proposes on a real DEM without volcanoes (``_y`` False), cached:
-    the DEM gridded at ``resolution_m``, its features, the fold model's probability, the candidates."""
+def negative_rows(
+    fold_dir: Path, name: str, source: Path, resolution_m: float, sample: int = 0
+) -> pd.DataFrame:
+    """A :data:`NEGATIVE_FRACTION` sample (number ``sample``) of the candidates the fold's model
+    proposes on a real DEM without volcanoes (``_y`` False), cached: the DEM gridded at
+    ``resolution_m``, its features, the fold model's probability, the candidates."""
     cache = fold_dir / "second_stage" / f"negative_{name}_candidates.gpkg"
     if not cache.exists():
         from cinderseg.core.modelcard import read_model_card
@@ -140,7 +150,7 @@ def negative_rows(fold_dir: Path, name: str, source: Path, resolution_m: float) 
         table = gpd.GeoDataFrame(feats.reset_index(drop=True), geometry=cones.geometry.values, crs=cones.crs)
         table.to_file(cache, driver="GPKG", engine="pyogrio")
     rows = pd.DataFrame(gpd.read_file(cache).drop(columns="geometry"))  # features only
-    return rows.sample(frac=NEGATIVE_FRACTION, random_state=0).assign(_y=False)
+    return rows.sample(frac=NEGATIVE_FRACTION, random_state=sample).assign(_y=False)
 
 
 def keep(cands: gpd.GeoDataFrame, verifier: Verifier) -> gpd.GeoDataFrame:
@@ -172,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     folds = sorted(int(p.name[4:]) for p in root.glob("fold*") if (p / "results" / "models").exists())
     oof: dict[int, list[pd.DataFrame]] = {}
     scenes: dict[int, list[pd.DataFrame]] = {}
+    negatives: dict[int, list[list[pd.DataFrame]]] = {}  # fold -> bag member -> one table per DEM
     for k in folds:
         fold_dir = root / f"fold{k}"
         oof[k] = []
@@ -179,15 +190,17 @@ def main(argv: list[str] | None = None) -> None:
             cands, y, inside = labelled(fold_dir, name, k, tuple(args.grid))
             oof[k].append(cands[inside].assign(_y=y[inside]))
         scenes[k] = [scene_rows(fold_dir, n, tuple(args.grid)) for n in HELD_OUT_SCENES]
-        if args.negatives:
-            scenes[k] += [
-                negative_rows(fold_dir, name, args.negatives / f"{name}.tif", source.resolution_m)
+        negatives[k] = [
+            [
+                negative_rows(fold_dir, name, args.negatives / f"{name}.tif", source.resolution_m, sample=i)
                 for name, source in NEGATIVE_SOURCES.items()
             ]
-        print(f"fold {k}: {sum(len(t) for t in scenes[k])} scene and negative candidates", flush=True)
+            for i in range(BAG_MEMBERS if args.negatives else 0)
+        ]
+        print(f"fold {k}: {sum(len(t) for t in scenes[k])} scene candidates", flush=True)
     for k in folds:
-        train = pd.concat([t for j in folds if j != k for t in oof[j]] + scenes[k], ignore_index=True)
-        verifier = fit_verifier(train, train["_y"].to_numpy(), FEATURES, seed=args.seed)
+        train = [t for j in folds if j != k for t in oof[j]] + scenes[k]
+        verifier = fit_bag(train, negatives[k], args.seed)
         if args.fold_verifiers:
             args.fold_verifiers.mkdir(parents=True, exist_ok=True)
             verifier.to_json(args.fold_verifiers / f"fold{k}.json")
@@ -198,21 +211,33 @@ def main(argv: list[str] | None = None) -> None:
             write_cone_layer(
                 kept[["second_stage_score", "geometry"]], fold_dir / "second_stage" / f"{name}.gpkg"
             )
-        print(f"fold {k}: verifier fitted on {len(train)} candidates ({int(train['_y'].sum())} cones)")
+        print(f"fold {k}: verifier fitted ({verifier.meta['n_cones']} cones)", flush=True)
     if args.ship:
-        train = pd.concat([t for k in folds for t in oof[k] + scenes[k]], ignore_index=True)
-        verifier = fit_verifier(
-            train,
-            train["_y"].to_numpy(),
-            FEATURES,
-            seed=args.seed,
-            meta={
-                "trained_on": f"out-of-fold candidates of {len(folds)} Mauna Kea folds and held-out scenes"
-                + (f", non-cones of {', '.join(NEGATIVE_SOURCES)}" if args.negatives else "")
-            },
-        )
+        train = [t for k in folds for t in oof[k] + scenes[k]]
+        bag = [[t for k in folds for t in negatives[k][i]] for i in range(len(negatives[folds[0]]))]
+        trained_on = f"out-of-fold candidates of {len(folds)} Mauna Kea folds and held-out scenes"
+        if bag:
+            trained_on += f", non-cones of {', '.join(NEGATIVE_SOURCES)}; {len(bag)} fits averaged"
+        verifier = fit_bag(train, bag, args.seed, trained_on=trained_on)
         verifier.to_json(args.ship)
-        print(f"verifier fitted on {len(train)} candidates ({int(train['_y'].sum())} cones) -> {args.ship}")
+        print(f"verifier fitted ({verifier.meta['n_cones']} cones) -> {args.ship}")
+
+
+def fit_bag(
+    train: list[pd.DataFrame], bag: list[list[pd.DataFrame]], seed: int, trained_on: str = ""
+) -> Verifier:
+    """The verifier of labelled candidate tables ``train``; with a ``bag`` of samples of non-cones, the
+    log-odds mean of one fit per sample (``train`` plus that sample; seed ``seed + i``)."""
+    meta = {"trained_on": trained_on} if trained_on else {}
+    if not bag:
+        table = pd.concat(train, ignore_index=True)
+        return fit_verifier(table, table["_y"].to_numpy(), FEATURES, seed=seed, meta=meta)
+    members = []
+    for i, sample in enumerate(bag):
+        table = pd.concat(train + sample, ignore_index=True)
+        members.append(fit_verifier(table, table["_y"].to_numpy(), FEATURES, seed=seed + i))
+    info = {key: [m.meta[key] for m in members] for key in ("n_candidates", "seed")}
+    return average_verifiers(members, meta={**info, "n_cones": members[0].meta["n_cones"], **meta})
 
 
 if __name__ == "__main__":

@@ -37,10 +37,8 @@ def test_the_shipped_model_is_small_and_made_by_the_pretrain_config() -> None:
     assert {r["resolution_m"] for r in real} == {30, 90}, "Mauna Kea at 30 and 90 m"
     assert PRETRAINED_VERIFIER.is_file(), "the learned second stage ships beside the model"
     heldout = CARD["heldout_scores"]["f1"]  # leave one quarter of Mauna Kea out (bench A2)
-    assert heldout["90m"]["second stage"] > heldout["90m"]["baseline"] > 0
-    # at 30 m the real hill country among the verifier's non-cones costs 0.02 (bench A5): level with
-    # the classical detector there, for 40 % fewer false cones on real hills (A4, A8)
-    assert heldout["30m"]["second stage"] >= heldout["30m"]["baseline"] > 0
+    for res in ("30m", "90m"):
+        assert heldout[res]["second stage"] > heldout[res]["baseline"] > 0, res
     raw = yaml.safe_load(PRETRAIN_CONFIG.read_text())
     for section in ("model", "train"):  # the card holds the validated sections, defaults filled in
         assert {k: CARD["config"][section][k] for k in raw[section]} == raw[section]

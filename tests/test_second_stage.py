@@ -25,7 +25,7 @@ from cinderseg.cones.candidates import (
     verified_cones,
 )
 from cinderseg.cones.detector import BaselineSettings, chosen, detect_cones
-from cinderseg.cones.verifier import MISSING, fit_verifier, load_verifier
+from cinderseg.cones.verifier import MISSING, average_verifiers, fit_verifier, load_verifier
 from cinderseg.core.errors import InputError
 from cinderseg.core.modelcard import verifier_path
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile
@@ -145,6 +145,20 @@ def test_the_json_verifier_scores_as_scikit_learn_and_round_trips(tmp_path):
     back = load_verifier(tmp_path / "v.json")
     np.testing.assert_allclose(back.probability(table), expected, atol=1e-6)
     assert back.features == ("a", "b", "c") and back.meta["n_cones"] == int(y.sum())
+
+
+def test_an_averaged_verifier_scores_the_mean_log_odds_of_its_members(tmp_path):
+    table, y = _table()
+    a = fit_verifier(table, y, ["a", "b", "c"], seed=1, n_trees=40)
+    b = fit_verifier(table, ~y, ["a", "b", "c"], seed=2, n_trees=30, learning_rate=0.1)
+    pa, pb = a.probability(table), b.probability(table)
+    expected = 1 / (1 + np.exp(-(np.log(pa / (1 - pa)) + np.log(pb / (1 - pb))) / 2))
+    mean = average_verifiers([a, b], meta={"members": 2})
+    np.testing.assert_allclose(mean.probability(table), expected, atol=1e-9)
+    mean.to_json(tmp_path / "mean.json")
+    np.testing.assert_allclose(load_verifier(tmp_path / "mean.json").probability(table), expected, atol=1e-6)
+    with pytest.raises(InputError, match="different features"):
+        average_verifiers([a, fit_verifier(table, y, ["b", "a", "c"], n_trees=5)])
 
 
 def test_bad_verifier_files_are_one_line_errors(tmp_path):

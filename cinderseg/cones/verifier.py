@@ -176,3 +176,28 @@ def fit_verifier(
     return Verifier(
         tuple(features), math.log(prior / (1 - prior)), learning_rate, trees, threshold=threshold, meta=info
     )
+
+
+def average_verifiers(verifiers: Sequence[Verifier], *, meta: dict[str, Any] | None = None) -> Verifier:
+    """One verifier whose log-odds are the mean of ``verifiers``' (same features, in the same order):
+    their trees side by side, each tree's values scaled by its verifier's learning rate over the
+    count, so that it scores exactly as ``sigmoid(mean(logit(p_i)))`` and is stored as any other."""
+    if not verifiers:
+        raise ValueError("average_verifiers: no verifiers")
+    features = verifiers[0].features
+    if any(v.features != features for v in verifiers):
+        raise InputError("verifier: the verifiers to average read different features")
+    n = len(verifiers)
+    trees = tuple(
+        Tree(t.left, t.right, t.feature, t.threshold, t.value * (v.learning_rate / n))
+        for v in verifiers
+        for t in v.trees
+    )
+    return Verifier(
+        features,
+        float(np.mean([v.init for v in verifiers])),
+        1.0,
+        trees,
+        threshold=verifiers[0].threshold,
+        meta=dict(meta or {}),
+    )
