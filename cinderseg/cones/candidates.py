@@ -32,7 +32,7 @@ from cinderseg.cones.morphometry import cone_attributes
 from cinderseg.cones.outline import box_overlap, read_padded, suppress_overlaps
 from cinderseg.cones.verifier import Verifier
 from cinderseg.core.grid import what
-from cinderseg.core.parallel import chunks, fork_map
+from cinderseg.core.parallel import chunks, fork_map, release_free_heap
 from cinderseg.core.raster import open_raster
 
 log = logging.getLogger(__name__)
@@ -404,6 +404,7 @@ def verified_cones(
     ``second_stage_score``, highest first, ``cone_id`` 1..n) and the rejected candidates scoring at least
     :data:`REJECTED_MIN_SCORE` (``reason``: 'scored below threshold' or 'overlaps a higher-scoring cone')."""
     cands = propose(dem_path, network, region=region, workers=workers)
+    release_free_heap()  # what the search freed, before the measurements' peak
     cones, feats = candidate_features(cands, dem_path, probability_path, region=region, workers=workers)
     score = verifier.probability(feats) if len(cones) else np.zeros(0)
     order = np.argsort(-score, kind="stable")

@@ -379,11 +379,14 @@ def _measure_all(
     shapes_ = [None if g is None or g.is_empty else (g if g.is_valid else g.buffer(0)) for g in geoms]
     tree = shapely.STRtree([g if g is not None else Polygon() for g in shapes_])
     reach = (ring_width_px + 2) * max(abs(dem.transform.a), abs(dem.transform.e))
-    mapped = [None if g is None else mapping(g) for g in shapes_]  # converted once
 
     def measure(
         indices: range, dem_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader | None
     ) -> list:
+        # each neighbour converted to GeoJSON once per piece, in the process measuring it: built in
+        # the parent, these Python objects would be copied page by page into every worker that
+        # touches them (reference counts), about 300 MiB on a whole SRTM tile (bench/README.md S11)
+        mapped: dict[int, Any] = {}
         rows = []
         for i in indices:
             geom = shapes_[i]
@@ -391,7 +394,12 @@ def _measure_all(
                 rows.append(_nan_row())
                 continue
             near = tree.query(shapely.box(*geom.bounds).buffer(reach, join_style="mitre"))
-            others = [mapped[j] for j in sorted(int(k) for k in near) if j != i and mapped[j] is not None]
+            others = []
+            for j in sorted(int(k) for k in near):
+                if j != i and shapes_[j] is not None:
+                    if j not in mapped:
+                        mapped[j] = mapping(shapes_[j])
+                    others.append(mapped[j])
             rows.append(_measure(geom, others, dem_ds, prob_ds, ring_width_px))
         return rows
 

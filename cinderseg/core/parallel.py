@@ -10,6 +10,9 @@ thread: the workers are the parallelism, and BLAS threads on top of them only co
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import itertools
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -32,6 +35,27 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim``; False
+    where there is none). Many small allocations freed leave pages that glibc keeps: after the loose
+    candidate search of a whole SRTM tile about 350 MiB, which the process then holds through the
+    rest of the step and forked workers would count again (bench/README.md S11)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def can_fork() -> bool:
     """Whether worker processes can be forked here (Linux, macOS; not Windows)."""
     return "fork" in multiprocessing.get_all_start_methods()
@@ -43,6 +67,7 @@ def fork_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
     for a single item, or where processes cannot be forked. An exception in a worker is raised here."""
     if workers <= 1 or len(items) <= 1 or not can_fork():
         return [func(item) for item in items]
+    release_free_heap()  # the workers then start from the parent's live memory only
     _TASK.append(func)  # type: ignore[arg-type]
     try:
         with ProcessPoolExecutor(
