@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cinderseg.core.errors import InputError
-from cinderseg.core.parallel import can_fork, chunks, fork_map, release_free_heap
+from cinderseg.core.parallel import can_fork, chunks, fork_map
 
 
 def test_results_come_back_in_order_from_other_processes():
@@ -44,26 +44,3 @@ def test_chunks_cover_the_range_once(n, workers, min_size, expected):
     pieces = chunks(n, workers, min_size=min_size)
     assert len(pieces) == expected
     assert [i for p in pieces for i in p] == list(range(n))
-
-
-def _rss_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
-def test_freed_heap_goes_back_to_the_system():
-    import gc
-
-    if not release_free_heap():
-        pytest.skip("no malloc_trim in this C library")
-    blocks = [bytes(2000) for _ in range(100_000)]  # 200 MB of malloc'd (not pymalloc) blocks
-    keep = blocks[::50]  # one in 50 kept: the heap cannot shrink from its top alone
-    del blocks
-    gc.collect()
-    before = _rss_mib()
-    assert release_free_heap()
-    assert _rss_mib() < before - 100, "most of the 200 MB freed returns to the system"
-    assert len(keep) == 2000

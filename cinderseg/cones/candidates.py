@@ -32,7 +32,8 @@ from cinderseg.cones.morphometry import cone_attributes
 from cinderseg.cones.outline import box_overlap, read_padded, suppress_overlaps
 from cinderseg.cones.verifier import Verifier
 from cinderseg.core.grid import what
-from cinderseg.core.parallel import chunks, fork_map, release_free_heap
+from cinderseg.core.memory import release_free_heap
+from cinderseg.core.parallel import chunks, fork_map
 from cinderseg.core.raster import open_raster
 
 log = logging.getLogger(__name__)

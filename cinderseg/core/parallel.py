@@ -10,9 +10,6 @@ thread: the workers are the parallelism, and BLAS threads on top of them only co
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import itertools
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -20,6 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 from threadpoolctl import threadpool_limits
+
+from cinderseg.core.memory import release_free_heap
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,27 +32,6 @@ def _run(item: object) -> object:
 
 def _one_blas_thread() -> None:
     threadpool_limits(1)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_free_heap() -> bool:
-    """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim``; False
-    where there is none). Many small allocations freed leave pages that glibc keeps: after the loose
-    candidate search of a whole SRTM tile about 350 MiB, which the process then holds through the
-    rest of the step and forked workers would count again (bench/README.md S11)."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 def can_fork() -> bool:

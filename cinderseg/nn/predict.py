@@ -49,13 +49,14 @@ import numpy as np
 import rasterio
 
 from cinderseg.core.errors import ConfigError, InputError
+from cinderseg.core.memory import returning_freed_memory
 from cinderseg.core.modelcard import MODEL_CARD, read_model_card
 from cinderseg.core.progress import track
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile, open_raster
 from cinderseg.core.settings import is_int, is_number
 from cinderseg.nn.calibrate import apply_temperature
 from cinderseg.nn.onnx import OnnxPredictor, onnx_path, onnx_predictor, onnx_session, runtime_line
-from cinderseg.nn.runtime import NOTICE, nvidia_driver, return_freed_memory
+from cinderseg.nn.runtime import NOTICE, nvidia_driver
 from cinderseg.nn.settings import ModelSettings, PredictSettings
 from cinderseg.nn.windows import (
     MIN_WINDOW_PX,
@@ -308,8 +309,11 @@ def predict_probability(
     if not isinstance(settings, PredictSettings):
         settings = PredictSettings.from_config(settings)  # type: ignore[arg-type]
     what = f"features of region '{region}'" if region else "features"
-    return_freed_memory()  # memory flat in the raster's size (see there)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), open_raster(features_path, what=what) as ds:
+    with (
+        returning_freed_memory(),  # memory flat in the raster's size (see there); restored after
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        open_raster(features_path, what=what) as ds,
+    ):
         _check_band_names(ds, features_path, what, expected_channels)
         predictor = _predictor(model, settings, ds, expected_channels, expected_tile_size, threads)
         _check_model_bands(predictor, ds, features_path, what)

@@ -30,8 +30,6 @@ shows too). TensorFlow uses a GPU whenever it finds one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -175,24 +173,3 @@ def configure_threads(threads: int) -> None:
             log.warning("TensorFlow already runs with %d threads; cannot switch to %d", current, threads)
     line, gpu = device_line(threads)
     (NOTICE if gpu else log).info("%s", line)
-
-
-M_MMAP_THRESHOLD = -3
-"""glibc's ``mallopt`` parameter: allocations of at least this many bytes get their own mapping."""
-
-
-def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
-    """Make glibc give every allocation of ``threshold_bytes`` or more its own memory mapping, returned
-    to the system as soon as it is freed; whether that worked (False off glibc).
-
-    By default glibc raises that threshold to the largest block freed so far (up to 32 MiB), after
-    which the predict step's window-sized arrays (4-16 MiB, allocated and freed for every window, in
-    two threads) come from heaps that keep their peak: measured on a 3330 x 3152 px raster, peak RSS
-    668 MiB by default, 503 MiB with a 1 MiB threshold, same speed. Affects the whole process."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
-    except (OSError, AttributeError):
-        return False
