@@ -181,6 +181,7 @@ def test_hawaii_config_shares_one_tile_between_its_volcanoes() -> None:
     regions = cfg["regions"]
     assert {r["source"] for r in regions.values()} == {"usgs3dep"}
     assert regions["mauna_kea"]["role"] == "train" and regions["hualalai"]["role"] == "predict"
+    assert (REPO / regions["mauna_kea"]["labels"]).is_file(), "trains on the example's labels, no setup"
     for region in regions.values():
         assert region["product"] == "1/3" and region["resolution_m"] == 10
         assert tile_paths(region["bbox"], region["product"]) == ["resources/dem/tiles/USGS_13_n20w156.tif"]
