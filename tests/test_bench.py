@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bench.workflow import jobs_done, step_times
 from tests.workflow_helpers import REPO
 
@@ -136,3 +138,21 @@ def test_negative_dems_are_gridded_in_utm_and_cut_to_their_window(tmp_path: Path
         land = za[np.isfinite(za)]
         assert land.min() == land.max() == 300.0  # voids and the spike became NaN, not ground
         assert np.isnan(za).any()
+
+
+def test_a_dem_from_contours_ramps_between_lines_and_flattens_a_summit_above_its_last_line() -> None:
+    from bench.contour_dem import from_contours
+
+    yy, xx = np.mgrid[:120, :120].astype(float)
+    plane = 100.0 + 0.5 * xx  # a slope rising 5 m per 10 px: lines at 110, 120, ... every 20 px
+    cone = np.clip(25.0 - 0.5 * np.hypot(yy - 60, xx - 60), 0.0, None)
+    z = plane.copy()
+    z[:3, :3] = np.nan
+    gridded = from_contours(z, 10.0)
+    assert np.isnan(gridded[:3, :3]).all() and np.isfinite(gridded[5:, 5:]).all()
+    row = gridded[60, 25:95]
+    assert np.all(np.diff(row) >= 0) and np.abs(gridded[5:, 5:] - z[5:, 5:]).max() <= 10.0
+    assert np.abs(row - z[60, 25:95]).max() < 1.0, "a plane is nearly rebuilt by its ramps"
+    summit = from_contours(200.0 + cone, 10.0)  # a cone 25 m high: its top 5 m lie above the 220 m line
+    assert summit[60, 60] == 220.0 and (summit <= 220.0).all()
+    assert summit[60, 60] == summit[60, 58] == summit[58, 60], "flat above the last line"
