@@ -5,7 +5,8 @@ after the loose candidate search of a whole SRTM tile about 350 MiB of free heap
 workers would then count again (bench/README.md S11). :func:`release_free_heap` hands such pages back
 once; :func:`returning_freed_memory` makes every large block go back as soon as it is freed, for the
 duration of a block of code only: outside it, that setting makes numpy's large temporaries cost a
-fresh mapping each (the vectorize step after a prediction in one process: 1.4x the time).
+fresh mapping each (the vectorize step after a prediction in one process: 1.3x the time,
+bench/README.md S11).
 """
 
 from __future__ import annotations
