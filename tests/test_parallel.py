@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import numpy as np
@@ -44,3 +45,35 @@ def test_chunks_cover_the_range_once(n, workers, min_size, expected):
     pieces = chunks(n, workers, min_size=min_size)
     assert len(pieces) == expected
     assert [i for p in pieces for i in p] == list(range(n))
+
+
+@pytest.mark.skipif(not can_fork(), reason="no fork here")
+def test_a_worker_never_finalises_garbage_it_inherited(tmp_path):
+    """Garbage of the parent (a cycle whose finaliser would take TensorFlow's locks, say) is finalised by
+    the parent, never by a worker's collection, where a lock held at the fork stays held forever."""
+    record = tmp_path / "finalised_by.txt"
+
+    class Finalised:
+        def __del__(self) -> None:
+            with open(record, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # the cycle below stays uncollected until the workers run
+    try:
+        cycle = Finalised()
+        cycle.me = cycle
+        del cycle
+
+        def piece(i: int) -> int:
+            gc.collect()  # a worker's collection: must not reach the parent's objects
+            return os.getpid()
+
+        pids = set(fork_map(piece, [0, 1, 2, 3], 2))
+        assert os.getpid() not in pids
+        assert not record.exists()
+        gc.collect()
+        assert record.read_text().split() == [str(os.getpid())]
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -6,13 +6,22 @@ do, and they see the parent's arrays without copying them (copy-on-write). A pie
 found (pickled back); a raster it reads is opened anew in the worker, never through the parent's
 handle (a file offset shared across processes would mix their reads). Each worker's BLAS runs one
 thread: the workers are the parallelism, and BLAS threads on top of them only contend for the cores.
+
+The parent's objects are frozen out of the garbage collector while it forks (:func:`gc.freeze`), so that
+a worker never finalises garbage it inherited. A process that has imported TensorFlow holds garbage
+whose finalisers take TensorFlow's locks, and a lock held by one of the parent's threads at the fork
+stays held in the child, where no thread will release it: a worker that collected such garbage
+aborted (``Mutex::Fer while waiting on Condition``) mid-step. Frozen objects are also not written to
+by the workers' collections, so their pages stay shared with the parent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
@@ -39,6 +48,19 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """The objects alive now out of reach of the garbage collector in this block (and in processes
+    forked in it); unfrozen after it unless they were frozen before."""
+    already = gc.get_freeze_count() > 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not already:
+            gc.unfreeze()
+
+
 def fork_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
     """``[func(item) for item in items]``, in up to ``workers`` forked processes when there are several
     items (``func`` may be a closure: the workers inherit it); in this process when ``workers`` <= 1,
@@ -48,11 +70,14 @@ def fork_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
     release_free_heap()  # the workers then start from the parent's live memory only
     _TASK.append(func)  # type: ignore[arg-type]
     try:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(items)),
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_one_blas_thread,
-        ) as pool:
+        with (
+            _frozen_heap(),
+            ProcessPoolExecutor(
+                max_workers=min(workers, len(items)),
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_one_blas_thread,
+            ) as pool,
+        ):
             return list(pool.map(_run, items))  # type: ignore[arg-type]
     finally:
         _TASK.pop()
