@@ -290,7 +290,7 @@ def bench_memory_scaling(
         for step in runs[0]["steps"]
     }
     last_two = (
-        {  # predict: the same 1024 px windows at 4x and 16x; at 1x the window shrinks to the raster
+        {  # predict: the same full-size windows at 4x and 16x; at 1x they may shrink to the raster
             step: round(runs[-1]["steps"][step]["peak_rss_mb"] / runs[-2]["steps"][step]["peak_rss_mb"], 2)
             for step in runs[0]["steps"]
         }

@@ -8,7 +8,7 @@ The same trained model and the same features raster go through four predictors, 
 process (peak RSS is that process's ``VmHWM``, as in :mod:`bench.gis_memory`; GDAL's cache capped
 as the workflow caps it):
 
-- ``ours``: :func:`cinderseg.nn.predict.predict_probability` with the default settings (1024 px windows
+- ``ours``: :func:`cinderseg.nn.predict.predict_probability` with the default settings (512 px windows
   with the trained 224 px weights, 128 px overlap with raised-cosine blending, 16 px crop, no TTA,
   ``runtime: auto``: ONNX Runtime on the ``model.onnx`` exported beside the model, TensorFlow never
   imported), reading window by window and writing block by block (with overviews) in an I/O thread;

@@ -382,7 +382,8 @@ def test_the_tiled_region_equals_the_whole_one(srtm_like: dict[str, Path], tmp_p
         if kind == "dem":
             assert diff.max() < 0.25  # the warper's approximation, per window
         else:
-            assert diff.mean() < 0.01 and np.quantile(diff, 0.999) < 0.1  # other windows' blending
+            # other windows' blending: the tiles and the whole region are cut into other 512 px windows
+            assert diff.mean() < 0.01 and np.quantile(diff, 0.999) < 0.15
             inter, union = ((pa >= 0.5) & (pb >= 0.5) & ok).sum(), (((pa >= 0.5) | (pb >= 0.5)) & ok).sum()
             assert inter / union > 0.97
     baseline = tmp_path / "whole_baseline.gpkg"

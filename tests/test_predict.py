@@ -43,10 +43,12 @@ from cinderseg.nn.predict import Predictor, load_predictor, predict_probability
 from cinderseg.nn.runtime import without_start_up_noise
 from cinderseg.nn.settings import ModelSettings, PredictSettings
 from cinderseg.nn.windows import (
+    WindowBuffers,
     axis_profiles,
     axis_windows,
     overview_factors,
     predict_windows,
+    read_window,
     weight_profile,
 )
 
@@ -479,6 +481,31 @@ def test_windows_without_valid_pixels_are_not_predicted(const_model: Path, tmp_p
     np.testing.assert_allclose(p[:, 150:], 0.3, atol=1e-6)
     assert stats["windows_skipped"] == 3  # 3 rows of windows; only the first column lies left of 150
     assert stats["network_calls"] == stats["windows"] - stats["windows_skipped"]
+
+
+def test_a_window_read_into_reused_buffers_equals_a_fresh_read(tmp_path: Path) -> None:
+    """The buffers keep nothing of an earlier, larger or other window: the zero padding beyond the
+    raster, nodata (the raster's and non-finite) zeroed, the valid mask."""
+    x = write_features(tmp_path / "f.tif", 150, 170, nodata_box=(slice(10, 20), slice(30, 60)))
+    with rasterio.open(tmp_path / "f.tif", "r+") as ds:
+        ds.write(np.full((5, 5), np.nan, dtype=np.float32), 2, window=rasterio.windows.Window(140, 100, 5, 5))
+    x[1, 100:105, 140:145] = np.nan
+    buffers = WindowBuffers()
+    with rasterio.open(tmp_path / "f.tif") as ds:
+        for row, col, size in [(0, 0, (96, 96)), (100, 120, (96, 96)), (0, 0, (96, 96)), (64, 96, (64, 96))]:
+            got = read_window(ds, row, col, size, ds.nodata, buffers)
+            fresh = read_window(ds, row, col, size, ds.nodata)
+            for a, b in zip(got, fresh, strict=True):
+                np.testing.assert_array_equal(a, b)
+            features, valid, h, w = got
+            assert features.shape == (*size, 3) and features.flags.c_contiguous
+            assert (h, w) == (min(size[0], 150 - row), min(size[1], 170 - col))
+            assert not features[h:].any() and not features[:, w:].any()
+            inside = np.moveaxis(x[:, row : row + h, col : col + w], 0, -1)
+            expected_valid = (inside != NODATA_FLOAT).all(axis=-1) & np.isfinite(inside).all(axis=-1)
+            np.testing.assert_array_equal(valid, expected_valid)
+            np.testing.assert_array_equal(features[:h, :w][valid], inside[valid])
+            assert not features[:h, :w][~valid].any()
 
 
 def test_a_keras_model_without_card_is_used_at_its_own_size(tmp_path: Path) -> None:

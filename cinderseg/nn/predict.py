@@ -49,7 +49,6 @@ import numpy as np
 import rasterio
 
 from cinderseg.core.errors import ConfigError, InputError
-from cinderseg.core.memory import returning_freed_memory
 from cinderseg.core.modelcard import MODEL_CARD, read_model_card
 from cinderseg.core.progress import track
 from cinderseg.core.raster import NODATA_FLOAT, geotiff_profile, open_raster
@@ -310,7 +309,6 @@ def predict_probability(
         settings = PredictSettings.from_config(settings)  # type: ignore[arg-type]
     what = f"features of region '{region}'" if region else "features"
     with (
-        returning_freed_memory(),  # memory flat in the raster's size (see there); restored after
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         open_raster(features_path, what=what) as ds,
     ):

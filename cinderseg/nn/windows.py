@@ -27,7 +27,8 @@ Memory. Windows are processed one window row at a time; the weighted sums live i
 (:class:`StripWriter`) one window (plus one output block) high spanning the raster's width, and rows
 that no later window touches are written as soon as a whole output block row (256 px) is final.
 Memory is therefore independent of the raster's height, linear in its width, and the features are
-read window by window.
+read window by window, into two sets of buffers (:class:`WindowBuffers`) that alternate batches, so
+that no window costs fresh memory that the system must map and zero-fill.
 """
 
 from __future__ import annotations
@@ -248,21 +249,53 @@ def effective_window(settings: PredictSettings, height: int, width: int, tile_si
     return min(settings.window_px, max(fit, tile_size or 0, MIN_WINDOW_PX))
 
 
+class WindowBuffers:
+    """Arrays that the reads of one batch of windows reuse from batch to batch: reading a window then
+    allocates (and the system zero-fills) no new memory. :func:`write_probability` keeps two, used by
+    alternate batches: one is filled by the I/O thread while the network reads the other."""
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[str, int, str], np.ndarray] = {}
+
+    def array(self, name: str, k: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A contiguous array of ``shape`` for window ``k`` of the batch (contents undefined)."""
+        dtype = np.dtype(dtype)
+        key, n = (name, k, dtype.str), math.prod(shape)
+        flat = self._flat.get(key)
+        if flat is None or flat.size < n:
+            flat = self._flat[key] = np.empty(n, dtype=dtype)
+        return flat[:n].reshape(shape)
+
+
 def read_window(
-    ds: rasterio.DatasetReader, row: int, col: int, size: tuple[int, int], nodata: float | None
+    ds: rasterio.DatasetReader,
+    row: int,
+    col: int,
+    size: tuple[int, int],
+    nodata: float | None,
+    buffers: WindowBuffers | None = None,
+    k: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Window of ``size`` (rows, columns) as (rows, columns, C) float32 with nodata and pixels outside
-    the raster 0, its valid mask, and the number of its rows/columns inside the raster."""
-    h, w = min(size[0], ds.height - row), min(size[1], ds.width - col)
-    data = ds.read(window=Window(col, row, w, h), out_dtype="float32")  # (C, h, w)
-    bad = ~np.isfinite(data)
+    the raster 0, its valid mask, and the number of its rows/columns inside the raster. With
+    ``buffers`` the arrays are those of window ``k`` in it (valid until it is used again)."""
+    buffers = buffers if buffers is not None else WindowBuffers()
+    h, w, c = min(size[0], ds.height - row), min(size[1], ds.width - col), ds.count
+    data = ds.read(window=Window(col, row, w, h), out=buffers.array("data", k, (c, h, w), np.float32))
+    finite = buffers.array("finite", k, (c, h, w), bool)
+    np.isfinite(data, out=finite)
+    valid = buffers.array("valid", k, (h, w), bool)
+    np.logical_and.reduce(finite, axis=0, out=valid)
     if nodata is not None and not math.isnan(nodata):
-        bad |= data == np.float32(nodata)
-    bad = bad.any(axis=0)
-    x = np.zeros((*size, data.shape[0]), dtype=np.float32)
-    x[:h, :w] = np.moveaxis(data, 0, -1)
-    x[:h, :w][bad] = 0.0
-    return x, ~bad, h, w
+        np.not_equal(data, np.float32(nodata), out=finite)
+        valid &= np.logical_and.reduce(finite, axis=0)
+    x = buffers.array("x", k, (*size, c), np.float32)
+    x[h:] = 0.0
+    x[:h, w:] = 0.0
+    inside = x[:h, :w]
+    inside[...] = np.moveaxis(data, 0, -1)
+    inside[~valid] = 0.0
+    return x, valid, h, w
 
 
 # --------------------------------------------------------------------------- the window loop
@@ -300,8 +333,9 @@ def write_probability(
             temperature=repr(predictor.temperature),
         )
         strip = StripWriter(dst, predictor.window_px + block, block, executor=io)
+        buffers = (WindowBuffers(), WindowBuffers())  # alternate batches: read one, predict the other
         pending: Future[list[WindowRead]] | None = (
-            io.submit(_read_batch, ds, plan, *jobs[0]) if jobs else None
+            io.submit(_read_batch, ds, plan, *jobs[0], buffers[0]) if jobs else None
         )
         row = -1
         for n, (i, batch) in enumerate(jobs):
@@ -310,7 +344,11 @@ def write_probability(
                 row = i
             assert pending is not None
             reads = pending.result()
-            pending = io.submit(_read_batch, ds, plan, *jobs[n + 1]) if n + 1 < len(jobs) else None
+            pending = (
+                io.submit(_read_batch, ds, plan, *jobs[n + 1], buffers[(n + 1) % 2])
+                if n + 1 < len(jobs)
+                else None
+            )
             _predict_batch(strip, predictor, plan, settings, i, batch, reads, counts)
             advance(len(batch))
         strip.flush(ds.height, final=True)
@@ -328,10 +366,15 @@ WindowRead = tuple[np.ndarray, np.ndarray, int, int]
 """A window read: features (h, w, C), valid mask, rows and columns inside the raster."""
 
 
-def _read_batch(ds: rasterio.DatasetReader, plan: WindowPlan, i: int, batch: list[int]) -> list[WindowRead]:
-    """The windows of row ``i`` and columns ``batch`` (:func:`read_window`)."""
+def _read_batch(
+    ds: rasterio.DatasetReader, plan: WindowPlan, i: int, batch: list[int], buffers: WindowBuffers
+) -> list[WindowRead]:
+    """The windows of row ``i`` and columns ``batch`` (:func:`read_window`), in ``buffers``."""
     row, size_y = plan.rows[i]
-    return [read_window(ds, row, plan.cols[j][0], (size_y, plan.cols[j][1]), ds.nodata) for j in batch]
+    return [
+        read_window(ds, row, plan.cols[j][0], (size_y, plan.cols[j][1]), ds.nodata, buffers, k)
+        for k, j in enumerate(batch)
+    ]
 
 
 def _predict_batch(
