@@ -74,3 +74,18 @@ def test_temperature_one_is_the_identity_and_the_report() -> None:
     only_background = LogitHistogram()
     only_background.add(p, np.zeros_like(y))
     assert fit_temperature(only_background) == 1.0
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.89, 3.0])
+def test_the_float32_temperature_equals_the_logit_formula(temperature: float) -> None:
+    """What every window goes through equals sigmoid(logit(p) / T) in float64, but at saturated pixels."""
+    rng = np.random.default_rng(1)
+    p = np.concatenate([rng.random(100_000), rng.random(1000) ** 20, 1 - rng.random(1000) ** 20, [0.0, 1.0]])
+    p = p.astype(np.float32)
+    got = apply_temperature(p, temperature)
+    expected = sigmoid(logit(p) / temperature)
+    assert got.dtype == np.float32 and got.shape == p.shape
+    saturated = p > np.float32(1 - 1e-6)
+    np.testing.assert_allclose(got[~saturated], expected[~saturated], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[saturated], expected[saturated], rtol=0, atol=1e-4)
+    assert np.all(np.diff(apply_temperature(np.sort(p), temperature)) >= 0), "monotone"
