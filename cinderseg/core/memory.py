@@ -3,11 +3,9 @@
 glibc keeps most of what a process frees for reuse, so a step's resident memory stays at its peak:
 after the loose candidate search of a whole SRTM tile about 350 MiB of free heap, which forked
 workers would then count again (bench/README.md S11). :func:`release_free_heap` hands such pages back
-once.
-
-The predict step no longer changes glibc's thresholds (``mallopt``): since it reuses its window
-buffers and ONNX Runtime's arena holds the network's activations, a 1 MiB mmap threshold saved 3 MiB
-of its peak but cost 1.1x its time (bench/README.md S4).
+once. glibc's thresholds (``mallopt``) are left as they are: the predict step reuses its window
+buffers and ONNX Runtime's arena holds the network's activations, so a 1 MiB mmap threshold would save
+3 MiB of its peak and cost 1.1x its time (bench/README.md S4).
 """
 
 from __future__ import annotations

@@ -308,10 +308,7 @@ def predict_probability(
     if not isinstance(settings, PredictSettings):
         settings = PredictSettings.from_config(settings)  # type: ignore[arg-type]
     what = f"features of region '{region}'" if region else "features"
-    with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        open_raster(features_path, what=what) as ds,
-    ):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), open_raster(features_path, what=what) as ds:
         _check_band_names(ds, features_path, what, expected_channels)
         predictor = _predictor(model, settings, ds, expected_channels, expected_tile_size, threads)
         _check_model_bands(predictor, ds, features_path, what)
